@@ -1,0 +1,203 @@
+"""Shapes, parameters, multiply-accumulates and memory of a NetSpec: the chapter's exercise 3, exactly.
+
+Conventions (stated so that every number can be checked by hand):
+
+* Output size is floor((n + 2p - k) / s) + 1. The chapter's first conv, 11x11 stride 4 on 224:
+  (224 - 11) / 4 = 53.25, floor 53, plus 1 = 54. The last 224 - (53 * 4 + 11) = 1 row and column
+  are never covered by a window: nothing is cropped at random, the window simply cannot fit.
+* `macs` counts the multiply-accumulates of convolutions (and dense layers, of which NiN has none)
+  in one forward pass of ONE input: C_out * H_out * W_out * C_in * k * k. This is the convention of
+  fvcore and torchinfo. Pooling, ReLU, batch norm and the global average are not MACs; pooling's
+  comparisons and adds are reported separately as `other_ops`.
+* FLOPs = 2 * MACs. One training step costs 3x the forward FLOPs (forward, plus backward for the
+  inputs and for the weights), the usual MFU convention (Kaplan et al.; nanoGPT).
+* Activations are counted per stored tensor, per input, in elements: each conv output, each
+  batch-norm output, each ReLU output (not in place), each pool, dropout and global-average output.
+  Flatten is a view and stores nothing.
+* Training memory = weights + gradients + optimizer state (one momentum buffer per weight when
+  momentum is used) + every activation above and the input, kept for backward (+ the dropout masks,
+  one byte per element). Inference memory = weights + the largest (input, output) pair of
+  consecutive tensors: all a forward pass needs alive at once.
+  Frameworks add workspace, allocator rounding and fused-kernel savings on top: the benchmarks
+  set the measured peak beside this figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock, out_size
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    index: int  # position in spec.layers
+    name: str  # e.g. "block0.conv1", "pool1", "dropout0"
+    kind: str  # conv, batch_norm, relu, max_pool, dropout, global_avg_pool, flatten
+    output_shape: tuple[int, ...]  # (C, H, W), or (C,) after flatten
+    params: int  # trainable parameters
+    state: int  # non-trainable state (batch-norm running mean and variance)
+    macs: int  # per input
+    other_ops: int  # pooling comparisons / adds, per input
+    activations: int  # elements stored for backward, per input
+    bytes_moved: int  # elements read + written in a forward pass (weights and activations), per input
+
+    @property
+    def elements(self) -> int:
+        n = 1
+        for d in self.output_shape:
+            n *= d
+        return n
+
+
+def layers(spec: NetSpec) -> list[LayerInfo]:
+    """Every operation of one forward pass of one input, in order (convs, BN, ReLU listed apart)."""
+    c, h, w = spec.input_shape
+    out: list[LayerInfo] = []
+    counts = {"pool": 0, "dropout": 0, "gap": 0, "flatten": 0}
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, NiNBlock):
+            b = sum(isinstance(l, NiNBlock) for l in spec.layers[:i])
+            for j, (oc, k, s, p) in enumerate(layer.convs):
+                oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
+                n_in, n_out = c * h * w, oc * oh * ow
+                params = oc * c * k * k + oc
+                out.append(LayerInfo(i, f"block{b}.conv{j}", "conv", (oc, oh, ow), params, 0,
+                                     n_out * c * k * k, 0, n_out, n_in + n_out + params))
+                if layer.batch_norm:
+                    out.append(LayerInfo(i, f"block{b}.bn{j}", "batch_norm", (oc, oh, ow), 2 * oc, 2 * oc,
+                                         0, 0, n_out, 2 * n_out + 4 * oc))
+                if j < len(layer.convs) - 1 or layer.relu_last:
+                    out.append(LayerInfo(i, f"block{b}.relu{j}", "relu", (oc, oh, ow), 0, 0, 0, 0, n_out, 2 * n_out))
+                c, h, w = oc, oh, ow
+        elif isinstance(layer, MaxPool):
+            oh, ow = (out_size(n, layer.kernel, layer.stride, layer.padding) for n in (h, w))
+            n_out = c * oh * ow
+            out.append(LayerInfo(i, f"pool{counts['pool']}", "max_pool", (c, oh, ow), 0, 0, 0,
+                                 n_out * layer.kernel * layer.kernel, n_out, c * h * w + n_out))
+            counts["pool"] += 1
+            h, w = oh, ow
+        elif isinstance(layer, Dropout):
+            n = c * h * w
+            out.append(LayerInfo(i, f"dropout{counts['dropout']}", "dropout", (c, h, w) if h else (c,),
+                                 0, 0, 0, 0, n, 2 * n))
+            counts["dropout"] += 1
+        elif isinstance(layer, GlobalAvgPool):
+            out.append(LayerInfo(i, f"gap{counts['gap']}", "global_avg_pool", (c, 1, 1), 0, 0, 0,
+                                 c * h * w, c, c * h * w + c))
+            counts["gap"] += 1
+            h, w = 1, 1
+        elif isinstance(layer, Flatten):
+            out.append(LayerInfo(i, f"flatten{counts['flatten']}", "flatten", (c,), 0, 0, 0, 0, 0, 0))
+            counts["flatten"] += 1
+            h, w = 0, 0
+    return out
+
+
+def layer_output_shapes(spec: NetSpec) -> list[tuple[int, ...]]:
+    """The output shape of each entry of spec.layers (what every backend's layer_shapes must return)."""
+    by_layer: dict[int, tuple[int, ...]] = {}
+    for info in layers(spec):
+        by_layer[info.index] = info.output_shape
+    return [by_layer[i] for i in range(len(spec.layers))]
+
+
+def param_count(spec: NetSpec) -> int:
+    return sum(l.params for l in layers(spec))
+
+
+def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter names and shapes (NCHW / OIHW), in order: the names every backend exports."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    bn = {b: block.batch_norm for b, block in spec.blocks()}
+    for prefix, cin, cout, k, _, _ in spec.conv_layers():
+        shapes[f"{prefix}.weight"] = (cout, cin, k, k)
+        shapes[f"{prefix}.bias"] = (cout,)
+        if bn[int(prefix.split(".")[0][len("block"):])]:
+            bnp = prefix.replace(".conv", ".bn")
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                shapes[f"{bnp}.{name}"] = (cout,)
+    return shapes
+
+
+STATE_SUFFIXES = (".running_mean", ".running_var")
+
+
+def is_trainable(name: str) -> bool:
+    return not name.endswith(STATE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Summary:
+    variant: str
+    input_shape: tuple[int, int, int]
+    batch_size: int
+    dtype: str
+    total_params: int
+    total_state: int
+    total_macs: int  # per input
+    forward_flops: int  # per input: 2 * macs
+    train_flops: int  # per input: 3 * forward
+    other_ops: int  # per input
+    activations: int  # elements kept for backward, per input (input included)
+    bytes_moved: int  # forward pass, per input, in bytes at dtype
+    weights_bytes: int
+    train_memory_bytes: int  # for batch_size, with momentum state
+    inference_memory_bytes: int  # for batch_size
+    layers: list[dict]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summary(spec: NetSpec, batch_size: int = 1, dtype: str = "float32", momentum: bool = True) -> Summary:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    nbytes = DTYPE_BYTES[dtype]
+    infos = layers(spec)
+    params = sum(l.params for l in infos)
+    state = sum(l.state for l in infos)
+    c, h, w = spec.input_shape
+    input_elems = c * h * w
+    acts = input_elems + sum(l.activations for l in infos)
+    masks = sum(l.elements for l in infos if l.kind == "dropout")  # one byte each
+    weights_bytes = (params + state) * nbytes
+    train = weights_bytes + params * nbytes * (2 if momentum else 1) + batch_size * (acts * nbytes + masks)
+    sizes = [input_elems] + [l.elements for l in infos if l.kind != "flatten"]
+    peak_pair = max(a + b for a, b in zip(sizes, sizes[1:]))
+    infer = weights_bytes + batch_size * peak_pair * nbytes
+    macs = sum(l.macs for l in infos)
+    rows = []
+    for l in infos:
+        row = asdict(l)
+        row["output_shape"] = list(l.output_shape)
+        rows.append(row)
+    return Summary(
+        variant=spec.name, input_shape=spec.input_shape, batch_size=batch_size, dtype=dtype,
+        total_params=params, total_state=state, total_macs=macs, forward_flops=2 * macs,
+        train_flops=6 * macs, other_ops=sum(l.other_ops for l in infos), activations=acts,
+        bytes_moved=sum(l.bytes_moved for l in infos) * nbytes, weights_bytes=weights_bytes,
+        train_memory_bytes=train, inference_memory_bytes=infer, layers=rows,
+    )
+
+
+def spec_layers(spec: NetSpec) -> list[dict]:
+    """One row per entry of spec.layers (blocks not split): what `nin summary` prints and `--json` lists."""
+    infos = layers(spec)
+    rows = []
+    for i, layer in enumerate(spec.layers):
+        mine = [l for l in infos if l.index == i]
+        rows.append({
+            "index": i,
+            "type": layer.kind,
+            "name": mine[-1].name.split(".")[0] if layer.kind == "nin_block" else mine[-1].name,
+            "output_shape": list(mine[-1].output_shape),
+            "params": sum(l.params for l in mine),
+            "macs": sum(l.macs for l in mine),
+            "activations": sum(l.activations for l in mine),
+        })
+    return rows

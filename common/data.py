@@ -1,0 +1,155 @@
+"""Fashion-MNIST in NumPy: find or download the four IDX files, verify them, batch and resize.
+
+Where the files are looked for, in order: the `data_dir` argument, $NIN_DATA_DIR,
+~/.cache/nin/fashion-mnist. Missing files are downloaded there (when `download=True`) and every
+file is verified by the sha256 of its decompressed IDX content (gzip headers differ between
+mirrors; the content does not). A file that fails verification is an error that names it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .spec import NetSpec
+
+FILES = {  # name -> sha256 of the decompressed IDX bytes
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+
+class DataError(RuntimeError):
+    """A data file that is missing, corrupt or cannot be fetched; the message names the file."""
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("NIN_DATA_DIR") or Path.home() / ".cache" / "nin" / "fashion-mnist")
+
+
+def _find(name: str, data_dir: Path) -> Path | None:
+    for candidate in (data_dir / f"{name}.gz", data_dir / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot be read or decompressed ({e}); delete it to download it again") from None
+
+
+def _verify(name: str, raw: bytes, path: Path) -> None:
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != FILES[name]:
+        raise DataError(f"{path}: sha256 of its content is {digest}, expected {FILES[name]}; "
+                        "the file is corrupt or not Fashion-MNIST (delete it to download it again)")
+
+
+def _download(name: str, data_dir: Path) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / f"{name}.gz"
+    errors = []
+    for mirror in MIRRORS:
+        url = mirror + f"{name}.gz"
+        tmp = target.with_name(target.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                f.write(r.read())
+            _verify(name, _read_bytes(tmp), tmp)
+            tmp.replace(target)
+            return target
+        except (OSError, DataError) as e:
+            errors.append(f"{url}: {e}")
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {name}.gz into {data_dir}:\n  " + "\n  ".join(errors)
+                    + f"\nPut the file there by hand, or set NIN_DATA_DIR to a folder that has it.")
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but holds {body.size} bytes")
+    return body.reshape(dims)
+
+
+def load(split: str = "train", data_dir: str | Path | None = None, download: bool = True):
+    """(images uint8 (N, 28, 28), labels uint8 (N,)) of the 'train' or 't10k'/'test' split."""
+    prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
+    if prefix is None:
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    data_dir = Path(data_dir) if data_dir else default_dir()
+    arrays = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        name = f"{prefix}-{kind}"
+        path = _find(name, data_dir)
+        if path is None:
+            if not download:
+                raise DataError(f"{name}(.gz) is not in {data_dir} and download=False")
+            path = _download(name, data_dir)
+        raw = _read_bytes(path)
+        _verify(name, raw, path)
+        arrays.append(_parse_idx(raw, path))
+    return arrays[0], arrays[1]
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation with half-pixel centres (torchvision's Resize, no antialias)."""
+    m = np.zeros((n_out, n_in))
+    centres = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    centres = np.clip(centres, 0, n_in - 1)
+    lo = np.floor(centres).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = centres - lo
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def preprocess(images: np.ndarray, spec: NetSpec) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 (N, C, H, W) in [0, 1] at the spec's input size; the grey
+    channel is repeated when the spec wants more than one (the paper's 3-channel input)."""
+    c, h, w = spec.input_shape
+    x = images.astype(np.float64) / 255.0
+    if x.shape[1:] != (h, w):
+        rh, rw = _bilinear_matrix(x.shape[1], h), _bilinear_matrix(x.shape[2], w)
+        x = np.einsum("hi,nij,wj->nhw", rh, x, rw, optimize=True)
+    return np.repeat(x[:, None], c, axis=1).astype(np.float32)
+
+
+def batches(images: np.ndarray, labels: np.ndarray, spec: NetSpec, batch_size: int, *,
+            shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(float32 NCHW images, int32 labels) batches, resized as they are made (224x224 for the whole
+    training set would be 12 GB). The order is a function of (seed, epoch) alone, so a resumed run
+    sees the same batches as an uninterrupted one."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(images)) if shuffle else np.arange(len(images))
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield preprocess(images[idx], spec), labels[idx].astype(np.int32)
+
+
+def fixed_batches(spec: NetSpec, steps: int, batch_size: int, data_dir=None, download: bool = True):
+    """The first steps * batch_size training images, in file order: the conformance training run."""
+    images, labels = load("train", data_dir, download)
+    return list(batches(images[:steps * batch_size], labels[:steps * batch_size], spec, batch_size))

@@ -1,0 +1,121 @@
+"""The shared pytest fixtures: every backend's tests are held to these same cases.
+
+Loaded as a plugin by tests/conftest.py (`pytest_plugins = ["common.fixtures"]`). Options:
+    --backends torch,tf     which backends to test (default: all four)
+    --variants d2l,paper    which variants (default: all)
+    --device cpu|gpu|all    where (default cpu; gpu tests skip with a reason when no GPU is seen)
+Environment:
+    NIN_REQUIRE=torch,tf,jax   a listed backend whose framework is absent FAILS instead of skipping
+                               (CI sets it, so that a missing install cannot pass silently)
+    NIN_DATA_DIR               where Fashion-MNIST is (the tests never download)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from . import backends, spec as specs, weights
+from .tolerances import TOLERANCES
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fashion-mnist"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("nin")
+    group.addoption("--backends", default=",".join(backends.BACKENDS), help="comma-separated backends to test")
+    group.addoption("--variants", default=",".join(specs.VARIANTS), help="comma-separated variants to test")
+    group.addoption("--device", default="cpu", choices=("cpu", "gpu", "all"), help="devices to test on")
+
+
+def pytest_configure(config):
+    if not os.environ.get("NIN_DATA_DIR") and SHARED_DATA.is_dir():
+        os.environ["NIN_DATA_DIR"] = str(SHARED_DATA)
+    config.addinivalue_line("markers", "backend(name): the test needs that backend's framework")
+
+
+def _csv(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise `backend`, `variant` and `device` with ids such as [torch-d2l-cpu]."""
+    opts = metafunc.config.option
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _csv(opts.backends), scope="module")
+    if "variant" in metafunc.fixturenames:
+        metafunc.parametrize("variant", _csv(opts.variants), scope="module")
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", ["cpu", "gpu"] if opts.device == "all" else [opts.device], scope="module")
+
+
+def require_backend(name: str):
+    """Import nin_<name>.model, or skip (fail under NIN_REQUIRE) with the reason."""
+    b = backends.get(name)
+    if importlib.util.find_spec(b.framework) is None:
+        msg = (f"{b.framework} is not installed in this environment ({b.name} runs from {b.venv}; "
+               f"`make test` runs it there)")
+        if name in _csv(os.environ.get("NIN_REQUIRE", "")):
+            pytest.fail(f"NIN_REQUIRE lists {name}, but {msg}")
+        pytest.skip(msg)
+    return backends.load(name, "model")
+
+
+@pytest.fixture(scope="module")
+def bk(backend, device):
+    """The backend's (model, train) modules, configured for conformance numerics on `device`."""
+    model = require_backend(backend)
+    train = backends.load(backend, "train")
+    if device == "gpu":
+        try:
+            model.build(specs.NetSpec("probe", (1, 4, 4), 1, (specs.GlobalAvgPool(), specs.Flatten())), device="gpu")
+        except RuntimeError as e:
+            pytest.skip(f"no GPU for {backend}: {e}")
+    train.configure(device, "fp32")
+    return model, train
+
+
+@pytest.fixture(scope="module")
+def spec(variant):
+    return specs.get(variant)
+
+
+@pytest.fixture(scope="module")
+def canonical_weights(spec):
+    """Random in every tensor (biases and batch-norm statistics too), seeded, float32."""
+    return weights.random_weights(spec, seed=11)
+
+
+def make_images(spec, n: int = 2, seed: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).random((n,) + spec.input_shape, dtype=np.float32)
+
+
+def make_labels(spec, n: int = 2, seed: int = 6) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, spec.num_classes, size=n).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def images(spec):
+    return make_images(spec)
+
+
+@pytest.fixture(scope="module")
+def labels(spec):
+    return make_labels(spec)
+
+
+@pytest.fixture(scope="session")
+def tolerances():
+    return TOLERANCES["fp32"]
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    d = os.environ.get("NIN_DATA_DIR")
+    if not d or not Path(d).is_dir():
+        pytest.skip("Fashion-MNIST is not on this machine (set NIN_DATA_DIR); tests never download")
+    return Path(d)

@@ -1,0 +1,80 @@
+"""Training NiN the PyTorch way: nn.functional.cross_entropy, torch.optim.SGD, loss.backward()."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.spec import TrainConfig
+
+from .model import _canonical_tensors, _device_of
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # PyTorch's own convention is the suite's: g += wd * w; v = m * v + g; w -= lr * v.
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def _batch(model: nn.Module, images: np.ndarray, labels: np.ndarray):
+    device = _device_of(model)
+    return torch.as_tensor(images, device=device), torch.as_tensor(labels, dtype=torch.long, device=device)
+
+
+def loss_and_grads(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean cross-entropy in training mode and its gradient for every trainable canonical tensor."""
+    x, y = _batch(model, images, labels)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    grads = {k: t.grad.detach().float().cpu().numpy().copy()
+             for k, t in _canonical_tensors(model).items() if t.grad is not None}
+    return loss.item(), grads
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray) -> float:
+    x, y = _batch(model, images, labels)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def configure(device: str = "cpu", precision: str = "fp32") -> dict:
+    """fp32: TF32 off, deterministic algorithms on (conformance). fast: TF32 on, cuDNN autotuning."""
+    if precision not in ("fp32", "fast"):
+        raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
+    strict = precision == "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+    torch.backends.cudnn.deterministic = strict
+    torch.backends.cudnn.benchmark = not strict
+    torch.use_deterministic_algorithms(strict, warn_only=False)
+    if strict and device == "gpu":
+        import os
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    return {
+        "precision": precision,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def device_name(device: str) -> str:
+    if device == "gpu":
+        return torch.cuda.get_device_name(0)
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "numpy": np.__version__}
