@@ -23,7 +23,19 @@ train.py
     versions() -> dict                        framework and library versions
 
 bench.py
-    benchmark(spec, mode, batch_size, precision, compile, device, warmup, windows, steps) -> dict
+    benchmark(spec, mode, batch_size, precision, compile, device, warmup=5, windows=5, steps=10) -> dict
+        mode "train" (forward, backward, SGD update) or "infer" (forward, eval mode);
+        precision "fp32" (TF32 off), "tf32" (TF32 allowed) or "bf16" (the framework's mixed precision);
+        compile True = the fast path the framework's users would use (torch.compile + channels_last,
+        Keras jit_compile=True, jax.jit with donated buffers, Gluon hybridize(static_alloc=True,
+        static_shape=True)); False = the plain eager path.
+        Synthetic data is put on the device once. The first step is timed alone (compile time:
+        `first_step_seconds`), then `warmup` untimed steps, then `windows` timed windows of `steps`
+        steps each, the device synchronised before and after each window.
+        Returns {"images_per_second": float (median over windows), "window_seconds": [...],
+                 "first_step_seconds": float, "peak_memory_bytes": int or None,
+                 "settings": {every framework switch in force}}.
+        Raises MemoryError when the device runs out of memory (the runner records it and goes on).
 
 Nothing here imports a framework: the backends are imported by name, in their own process.
 """
