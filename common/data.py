@@ -49,7 +49,8 @@ def _find(name: str, data_dir: Path) -> Path | None:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip magic, whatever the name
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot be read or decompressed ({e}); delete it to download it again") from None
 
