@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 MXVENV := .venv-mxnet
 PYTEST_ARGS ?=
+# Fashion-MNIST: a copy beside the checkout (as on the project's CI machines) is used as is;
+# otherwise the loader downloads it into ~/.cache/nin and verifies it (sha256).
+NIN_DATA_DIR ?= $(if $(wildcard ../shared/data/fashion-mnist/*.gz),$(abspath ../shared/data/fashion-mnist),)
+export NIN_DATA_DIR
 
 .PHONY: setup conformance test bench clean
 

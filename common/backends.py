@@ -6,9 +6,11 @@ NumPy, in the canonical layout (images NCHW float32, weights by common.weights n
 
 model.py
     FRAMEWORK                                 the framework's import name
-    nin_block(in_channels, out_channels, kernel_size, strides, padding, mlp=(), batch_norm=False,
-              relu_last=True, ...)            the chapter's block, in the framework's own layers
-    build(spec) -> model                      one top-level layer per entry of spec.layers
+    nin_block(in_channels, out_channels, kernel_size, strides, padding, mlp=(), relu_last=True,
+              norm=None)                      the chapter's block, in the framework's own layers
+                                              (norm: a common.spec.BatchNorm, from spec.norm(block))
+    default_device(device) -> device          None: the framework's GPU when it sees one, else CPU
+    build(spec, device=None) -> model         one top-level layer per entry of spec.layers
     load_weights(model, weights)              canonical dict in (raises WeightsError naming the tensor)
     export_weights(model) -> dict             canonical dict out (parameters and batch-norm statistics)
     forward(model, images, training=False, seed=0) -> logits   NumPy in, NumPy out
@@ -19,13 +21,17 @@ train.py
                                               (g += wd * w; v = m * v + g; w -= lr * v)
     loss_and_grads(model, images, labels) -> (loss, grads)   training mode, canonical names
     train_step(model, optimizer, images, labels) -> loss      one SGD step, training mode
-    configure(device, precision) -> dict      numerics settings and device, applied process-wide
+    configure(device, precision) -> dict      numerics settings, applied process-wide: "fp32" = TF32 off
+                                              and deterministic algorithms (conformance); "fast" = TF32
+    device_name(device) -> str                the GPU's or CPU's name, for records and results
     versions() -> dict                        framework and library versions
 
 bench.py
     benchmark(spec, mode, batch_size, precision, compile, device, warmup=5, windows=5, steps=10) -> dict
         mode "train" (forward, backward, SGD update) or "infer" (forward, eval mode);
-        precision "fp32" (TF32 off), "tf32" (TF32 allowed) or "bf16" (the framework's mixed precision);
+        precision "fp32" (TF32 off; deterministic algorithms NOT forced: that is conformance's setting),
+        "tf32" (TF32 allowed) or "bf16" (the framework's mixed precision); the optimizer is
+        common.spec.recipe(spec.name), the same in every backend;
         compile True = the fast path the framework's users would use (torch.compile + channels_last,
         Keras jit_compile=True, jax.jit with donated buffers, Gluon hybridize(static_alloc=True,
         static_shape=True)); False = the plain eager path.

@@ -169,7 +169,8 @@ def read_record(path) -> Record:
 
 # --- the reference, cached ---------------------------------------------------------------
 def _cache_dir() -> Path:
-    return data.default_dir().parent / "reference"
+    import os
+    return Path(os.environ.get("NIN_CACHE_DIR") or Path.home() / ".cache" / "nin") / "reference"
 
 
 def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
@@ -251,7 +252,10 @@ def _worst(variant, name, label, against, mine: dict, theirs: dict, tol) -> Chec
     return worst
 
 
-def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: str, fast: bool = False) -> list[Check]:
+def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: str, init: dict,
+                fast: bool = False) -> list[Check]:
+    """Final weights are compared as updates (final - init): the init would otherwise dominate the
+    norm and hide a wrong step (and biases start at zero)."""
     tols = TOLERANCES["fast" if fast or rec.meta["precision"] != "fp32" else "fp32"]
     label = rec.label
     out = []
@@ -267,7 +271,11 @@ def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: 
             out.append(_array_check(variant, check, label, against, mine, ref[key], tols[check]))
     for prefix, check in (("grad", "gradients"), ("final", "final_weights")):
         theirs = {k[len(prefix) + 1:]: v for k, v in ref.items() if k.startswith(prefix + "/")}
-        out.append(_worst(variant, check, label, against, _grouped(rec, variant, prefix), theirs, tols[check]))
+        mine = _grouped(rec, variant, prefix)
+        if prefix == "final":
+            theirs = {k: v - init[k] for k, v in theirs.items() if k in init}
+            mine = {k: v - init[k] if k in init and np.shape(v) == init[k].shape else v for k, v in mine.items()}
+        out.append(_worst(variant, check, label, against, mine, theirs, tols[check]))
     return out
 
 
@@ -315,17 +323,18 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             progress(f"reference: {variant}")
         cases_obj = Cases(**holders[0].meta["cases"])
         ref = reference_results(spec, cases_obj, data_dir, use_cache)
+        init = weights.init(spec, cases_obj.init_seed)
         for rec in holders:
             if specs.NetSpec.from_dict(rec.meta["variants"][variant]["spec"]) != spec:
                 rows.append(Check(variant, "record", "-", rec.label, None, "same spec", float("inf"), False,
                                   f"{rec.path.name} built a different {variant} network"))
                 continue
             rows += _structure(rec, variant, spec)
-            rows += _compare_to(rec, variant, ref, "reference")
+            rows += _compare_to(rec, variant, ref, "reference", init)
         for i, a in enumerate(holders):
             for b in holders[i + 1:]:
                 as_ref = {k[len(variant) + 1:]: v for k, v in b.tensors.items() if k.startswith(variant + "/")}
-                rows += _compare_to(a, variant, as_ref, b.label, fast=b.meta["precision"] != "fp32")
+                rows += _compare_to(a, variant, as_ref, b.label, init, fast=b.meta["precision"] != "fp32")
     return rows
 
 

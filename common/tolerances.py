@@ -11,6 +11,9 @@ Measured on CPU, float32 frameworks against the float64 NumPy reference (see doc
   bias before batch norm, which float32 leaves at ~1e-7).
 * trajectory: 20 SGD steps amplify those differences; losses agree to ~1e-5 relative in
   practice, the bound is 1e-3 relative.
+* final weights are compared as the update training made (final - init): the same kink flips
+  move the first block's small bias updates by up to ~1e-2 of their norm (measured on paper, 20
+  steps); the bound is 3e-2 of the update's norm plus the 1e-5 RMS floor.
 * `fast` precision (TF32 / bf16) rounds inputs of every matmul to 10 (or 8) bits of mantissa:
   logits within ~1e-2 relative.
 """
@@ -36,7 +39,7 @@ TOLERANCES = {
         "loss": Tolerance(1e-5, 1e-6, "allclose", "float32 rounding of a mean over the batch"),
         "gradients": Tolerance(1e-2, 1e-5, "norm", "float32 flips ReLU / max-pool choices near zero"),
         "trajectory": Tolerance(1e-3, 1e-5, "allclose", "20 SGD steps amplify float32 differences"),
-        "final_weights": Tolerance(1e-2, 1e-5, "norm", "as gradients, accumulated over 20 steps"),
+        "final_weights": Tolerance(3e-2, 1e-5, "norm", "weight updates: gradients' kink flips over 20 steps"),
     },
     "fast": {
         "logits": Tolerance(5e-2, 5e-3, "allclose", "TF32 / bf16 keep 10 / 8 mantissa bits"),
