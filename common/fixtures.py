@@ -70,12 +70,12 @@ def bk(backend, device):
     """The backend's (model, train) modules, configured for conformance numerics on `device`."""
     model = require_backend(backend)
     train = backends.load(backend, "train")
+    train.configure(device, "fp32")  # first: XLA reads its determinism flag when its GPU backend starts
     if device == "gpu":
         try:
             model.build(specs.NetSpec("probe", (1, 4, 4), 1, (specs.GlobalAvgPool(), specs.Flatten())), device="gpu")
         except RuntimeError as e:
             pytest.skip(f"no GPU for {backend}: {e}")
-    train.configure(device, "fp32")
     return model, train
 
 
