@@ -63,7 +63,7 @@ def layers(spec: NetSpec) -> list[LayerInfo]:
             for j, (oc, k, s, p) in enumerate(layer.convs):
                 oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
                 n_in, n_out = c * h * w, oc * oh * ow
-                params = oc * c * k * k + oc
+                params = oc * c * k * k + (0 if layer.batch_norm else oc)  # no bias before batch norm
                 out.append(LayerInfo(i, f"block{b}.conv{j}", "conv", (oc, oh, ow), params, 0,
                                      n_out * c * k * k, 0, n_out, n_in + n_out + params))
                 if layer.batch_norm:
@@ -114,8 +114,9 @@ def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     bn = {b: block.batch_norm for b, block in spec.blocks()}
     for prefix, cin, cout, k, _, _ in spec.conv_layers():
         shapes[f"{prefix}.weight"] = (cout, cin, k, k)
-        shapes[f"{prefix}.bias"] = (cout,)
-        if bn[int(prefix.split(".")[0][len("block"):])]:
+        if not bn[int(prefix.split(".")[0][len("block"):])]:
+            shapes[f"{prefix}.bias"] = (cout,)  # none before batch norm: its mean subtraction undoes it
+        else:
             bnp = prefix.replace(".conv", ".bn")
             for name in ("gamma", "beta", "running_mean", "running_var"):
                 shapes[f"{bnp}.{name}"] = (cout,)

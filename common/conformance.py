@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, calc, data, reference, spec as specs, weights
-from .tolerances import TOLERANCES, Tolerance, error
+from .tolerances import CONDITIONING_FACTOR, TOLERANCES, Tolerance, error
 
 FORMAT = "nin-conformance-record/1"
 
@@ -187,9 +187,15 @@ def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True)
     out["loss"] = np.array([loss])
     out.update({f"grad/{k}": v for k, v in grads.items()})
     batches = data.fixed_batches(spec, cases.steps, cases.train_batch, data_dir)
-    losses, final = reference.train_trajectory(spec, weights.init(spec, cases.init_seed), batches, lr=cases.lr)
+    init = weights.init(spec, cases.init_seed)
+    losses, final = reference.train_trajectory(spec, init, batches, lr=cases.lr)
     out["trajectory"] = losses
     out.update({f"final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
+    # The same run in float32: how far float32 alone carries this case (its conditioning).
+    losses32, final32 = reference.train_trajectory(spec, init, batches, lr=cases.lr, dtype=np.float32)
+    out["spread/trajectory"] = np.array([np.max(np.abs(losses32 - losses))])
+    out.update({f"spread/final/{k}": np.array([np.linalg.norm(final32[k] - final[k])])
+                for k in final if calc.is_trainable(k)})
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + ".tmp.npz")
@@ -225,11 +231,18 @@ def _tol_text(t: Tolerance) -> str:
     return f"{'max' if t.measure == 'allclose' else 'norm'} rtol {t.rtol:g} atol {t.atol:g}"
 
 
-def _array_check(variant, name, label, against, a, b, tol, detail="") -> Check:
-    ratio = error(a, b, tol)
+def _array_check(variant, name, label, against, a, b, tol, detail="", slack: float = 0.0) -> Check:
+    ratio = error(a, b, tol, slack)
     shape_note = "" if np.shape(a) == np.shape(b) else f"shape {np.shape(a)} vs {np.shape(b)}"
+    if slack > _slack_floor(tol):
+        detail = f"{detail}; conditioning slack {slack:.2g}".lstrip("; ")
     return Check(variant, name, against, label, _measure(a, b, tol), _tol_text(tol), ratio, ratio <= 1.0,
                  shape_note or detail)
+
+
+def _slack_floor(tol: Tolerance) -> float:
+    """Slack below the tolerance's own atol changes nothing worth mentioning."""
+    return tol.atol
 
 
 def _grouped(rec: Record, variant: str, prefix: str) -> dict[str, np.ndarray]:
@@ -237,14 +250,15 @@ def _grouped(rec: Record, variant: str, prefix: str) -> dict[str, np.ndarray]:
     return {k[len(p):]: v for k, v in rec.tensors.items() if k.startswith(p)}
 
 
-def _worst(variant, name, label, against, mine: dict, theirs: dict, tol) -> Check:
+def _worst(variant, name, label, against, mine: dict, theirs: dict, tol, slack: dict | None = None) -> Check:
     """One row for a group of tensors: the worst tensor decides, and is named."""
     missing = sorted(set(theirs) - set(mine))
     extra = sorted(set(mine) - set(theirs))
     if missing or extra:
         return Check(variant, name, against, label, None, _tol_text(tol), float("inf"), False,
                      f"missing {missing[:3]} extra {extra[:3]}")
-    rows = [_array_check(variant, name, label, against, mine[k], theirs[k], tol, k) for k in theirs]
+    rows = [_array_check(variant, name, label, against, mine[k], theirs[k], tol, k, (slack or {}).get(k, 0.0))
+            for k in theirs]
     worst = max(rows, key=lambda r: r.ratio)
     if not worst.detail:
         worst.detail = "worst tensor unknown"
@@ -253,9 +267,11 @@ def _worst(variant, name, label, against, mine: dict, theirs: dict, tol) -> Chec
 
 
 def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: str, init: dict,
-                fast: bool = False) -> list[Check]:
+                spread: dict, fast: bool = False) -> list[Check]:
     """Final weights are compared as updates (final - init): the init would otherwise dominate the
-    norm and hide a wrong step (and biases start at zero)."""
+    norm and hide a wrong step (and biases start at zero). `spread` is the float32 reference's own
+    distance from float64 per training-run quantity (see common/tolerances.py, conditioning)."""
+    slack = {k: CONDITIONING_FACTOR * float(v[0]) for k, v in spread.items()}
     tols = TOLERANCES["fast" if fast or rec.meta["precision"] != "fp32" else "fp32"]
     label = rec.label
     out = []
@@ -268,14 +284,17 @@ def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: 
             out.append(Check(variant, check, against, label, None, _tol_text(tols[check]), float("inf"), False,
                              f"record has no {variant}/{key}"))
         else:
-            out.append(_array_check(variant, check, label, against, mine, ref[key], tols[check]))
+            out.append(_array_check(variant, check, label, against, mine, ref[key], tols[check],
+                                    slack=slack.get(key, 0.0)))
     for prefix, check in (("grad", "gradients"), ("final", "final_weights")):
         theirs = {k[len(prefix) + 1:]: v for k, v in ref.items() if k.startswith(prefix + "/")}
         mine = _grouped(rec, variant, prefix)
         if prefix == "final":
             theirs = {k: v - init[k] for k, v in theirs.items() if k in init}
             mine = {k: v - init[k] if k in init and np.shape(v) == init[k].shape else v for k, v in mine.items()}
-        out.append(_worst(variant, check, label, against, mine, theirs, tols[check]))
+        out.append(_worst(variant, check, label, against, mine, theirs, tols[check],
+                          {k[len("final/"):]: v for k, v in slack.items() if k.startswith("final/")}
+                          if prefix == "final" else None))
     return out
 
 
@@ -324,17 +343,18 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
         cases_obj = Cases(**holders[0].meta["cases"])
         ref = reference_results(spec, cases_obj, data_dir, use_cache)
         init = weights.init(spec, cases_obj.init_seed)
+        spread = {k[len("spread/"):]: v for k, v in ref.items() if k.startswith("spread/")}
         for rec in holders:
             if specs.NetSpec.from_dict(rec.meta["variants"][variant]["spec"]) != spec:
                 rows.append(Check(variant, "record", "-", rec.label, None, "same spec", float("inf"), False,
                                   f"{rec.path.name} built a different {variant} network"))
                 continue
             rows += _structure(rec, variant, spec)
-            rows += _compare_to(rec, variant, ref, "reference", init)
+            rows += _compare_to(rec, variant, ref, "reference", init, spread)
         for i, a in enumerate(holders):
             for b in holders[i + 1:]:
                 as_ref = {k[len(variant) + 1:]: v for k, v in b.tensors.items() if k.startswith(variant + "/")}
-                rows += _compare_to(a, variant, as_ref, b.label, init, fast=b.meta["precision"] != "fp32")
+                rows += _compare_to(a, variant, as_ref, b.label, init, spread, fast=b.meta["precision"] != "fp32")
     return rows
 
 

@@ -25,9 +25,10 @@ def _windows(x: np.ndarray, k: int, s: int, p: int, pad_value: float) -> np.ndar
 
 
 def conv2d(x, w, b, stride, padding):
+    """b is None for a conv followed by batch norm (which would subtract the bias right away)."""
     win = _windows(x, w.shape[2], stride, padding, 0.0)
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # N, OH, OW, O
-    return y.transpose(0, 3, 1, 2) + b[None, :, None, None]
+    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)  # N, O, OH, OW
+    return y if b is None else y + b[None, :, None, None]
 
 
 def conv2d_backward(x, w, dy, stride, padding, need_dx=True):
@@ -110,7 +111,7 @@ def forward(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
             b += 1
             for j, (_, k, s, p) in enumerate(layer.convs):
                 name = f"block{b}.conv{j}"
-                y = conv2d(x, w[f"{name}.weight"], w[f"{name}.bias"], s, p)
+                y = conv2d(x, w[f"{name}.weight"], w.get(f"{name}.bias"), s, p)
                 tape.append(("conv", name, x, s, p))
                 x = y
                 if layer.batch_norm:
@@ -181,8 +182,9 @@ def loss_and_grads(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.
             dy, grads[f"{name}.gamma"], grads[f"{name}.beta"] = _bn_backward(dy, w[f"{name}.gamma"], cache)
         elif op[0] == "conv":
             _, name, x, s, p = op
-            dy, grads[f"{name}.weight"], grads[f"{name}.bias"] = conv2d_backward(
-                x, w[f"{name}.weight"], dy, s, p, need_dx=pos > 0)
+            dy, grads[f"{name}.weight"], db = conv2d_backward(x, w[f"{name}.weight"], dy, s, p, need_dx=pos > 0)
+            if f"{name}.bias" in w:
+                grads[f"{name}.bias"] = db
     return loss, grads
 
 

@@ -14,6 +14,12 @@ Measured on CPU, float32 frameworks against the float64 NumPy reference (see doc
 * final weights are compared as the update training made (final - init): the same kink flips
   move the first block's small bias updates by up to ~1e-2 of their norm (measured on paper, 20
   steps); the bound is 3e-2 of the update's norm plus the 1e-5 RMS floor.
+* conditioning: some training runs are chaotic in float32 whoever computes them. On d2l-bn
+  (batch norm at batch 4 on raw images) NumPy's own float32 reference leaves its float64 run
+  by 8e-3 in the loss after ONE step (the first block's batch-norm gradients differ by 2.5%).
+  So the trajectory and final-weights bounds of every case get a slack of CONDITIONING_FACTOR
+  x the float32 reference's own spread from float64: nothing on well-conditioned cases
+  (spread ~1e-6), and an honest, stated bound where no float32 code can do better.
 * `fast` precision (TF32 / bf16) rounds inputs of every matmul to 10 (or 8) bits of mantissa:
   logits within ~1e-2 relative.
 """
@@ -51,8 +57,14 @@ TOLERANCES = {
 }
 
 
-def error(a, b, tol: Tolerance) -> float:
-    """The measured error in units of the tolerance: <= 1 passes. NaN anywhere is infinitely bad."""
+CONDITIONING_FACTOR = 3.0  # a backend may differ from float64 by 3x what NumPy's own float32 run does
+
+
+def error(a, b, tol: Tolerance, slack: float = 0.0) -> float:
+    """The measured error in units of the tolerance: <= 1 passes. NaN anywhere is infinitely bad.
+
+    slack widens the bound by an absolute amount (max-abs for "allclose", a norm for "norm"): the
+    conditioning slack of a training run, CONDITIONING_FACTOR x the float32 reference's own spread."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -62,8 +74,8 @@ def error(a, b, tol: Tolerance) -> float:
     if a.size == 0:
         return 0.0
     if tol.measure == "allclose":
-        return float(np.max(np.abs(a - b) / (tol.atol + tol.rtol * np.abs(b))))
-    return float(np.linalg.norm(a - b) / (tol.rtol * np.linalg.norm(b) + tol.atol * np.sqrt(a.size)))
+        return float(np.max(np.abs(a - b) / (tol.atol + tol.rtol * np.abs(b) + slack)))
+    return float(np.linalg.norm(a - b) / (tol.rtol * np.linalg.norm(b) + tol.atol * np.sqrt(a.size) + slack))
 
 
 def max_abs(a, b) -> float:

@@ -25,7 +25,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
     layers = []
     for j, (cin, cout, k, s, p) in enumerate(convs):
         layers.append(nnx.Conv(cin, cout, kernel_size=(k, k), strides=(s, s), padding=((p, p), (p, p)),
-                               dtype=dtype, rngs=rngs))
+                               use_bias=norm is None, dtype=dtype, rngs=rngs))
         if norm is not None:
             # use_fast_variance=False: Flax's default E[x^2] - E[x]^2 loses float32 digits
             layers.append(nnx.BatchNorm(cout, epsilon=norm.eps, momentum=norm.momentum, use_fast_variance=False,
@@ -93,7 +93,8 @@ def _canonical_tensors(model: nnx.Sequential) -> dict[str, nnx.Variable]:
         norms = [m for m in block.layers if isinstance(m, nnx.BatchNorm)]
         for j, conv in enumerate(convs):
             out[f"block{b}.conv{j}.weight"] = conv.kernel
-            out[f"block{b}.conv{j}.bias"] = conv.bias
+            if conv.bias is not None:
+                out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
             for theirs, ours in _BN_NAMES.items():
                 out[f"block{b}.bn{j}.{ours}"] = getattr(bn, theirs)

@@ -26,7 +26,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
             blk.add(nn.Conv2D(cout, kernel_size=k, strides=s, padding=p, in_channels=cin,
                               activation="relu" if relu else None))
         else:
-            blk.add(nn.Conv2D(cout, kernel_size=k, strides=s, padding=p, in_channels=cin),
+            blk.add(nn.Conv2D(cout, kernel_size=k, strides=s, padding=p, in_channels=cin, use_bias=False),
                     nn.BatchNorm(momentum=norm.momentum, epsilon=norm.eps, in_channels=cout))
             if relu:
                 blk.add(nn.Activation("relu"))
@@ -81,7 +81,8 @@ def _canonical_tensors(model: nn.HybridSequential) -> dict[str, mx.gluon.Paramet
         norms = [m for m in block if isinstance(m, nn.BatchNorm)]
         for j, conv in enumerate(convs):
             out[f"block{b}.conv{j}.weight"] = conv.weight
-            out[f"block{b}.conv{j}.bias"] = conv.bias
+            if conv.bias is not None:
+                out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
             for name in _BN_NAMES:
                 out[f"block{b}.bn{j}.{name}"] = getattr(bn, name)

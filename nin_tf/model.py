@@ -22,7 +22,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
     for j, (cin, cout, k, s, p) in enumerate(convs):
         if p:
             layers.append(keras.layers.ZeroPadding2D(p))  # explicit: Keras 'same' differs for stride > 1
-        layers.append(keras.layers.Conv2D(cout, kernel_size=k, strides=s))
+        layers.append(keras.layers.Conv2D(cout, kernel_size=k, strides=s, use_bias=norm is None))
         if norm is not None:
             layers.append(keras.layers.BatchNormalization(epsilon=norm.eps, momentum=norm.momentum))
         if j < len(convs) - 1 or relu_last:
@@ -80,7 +80,8 @@ def _canonical_tensors(model: keras.Sequential) -> dict[str, keras.Variable]:
         norms = [m for m in block.layers if isinstance(m, keras.layers.BatchNormalization)]
         for j, conv in enumerate(convs):
             out[f"block{b}.conv{j}.weight"] = conv.kernel
-            out[f"block{b}.conv{j}.bias"] = conv.bias
+            if conv.use_bias:
+                out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
             for theirs, ours in _BN_NAMES.items():
                 out[f"block{b}.bn{j}.{ours}"] = getattr(bn, theirs)

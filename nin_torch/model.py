@@ -20,7 +20,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
         convs.append((convs[-1][1], c, 1, 1, 0))
     layers: list[nn.Module] = []
     for j, (cin, cout, k, s, p) in enumerate(convs):
-        layers.append(nn.Conv2d(cin, cout, kernel_size=k, stride=s, padding=p))
+        layers.append(nn.Conv2d(cin, cout, kernel_size=k, stride=s, padding=p, bias=norm is None))
         if norm is not None:
             layers.append(nn.BatchNorm2d(cout, eps=norm.eps, momentum=1 - norm.momentum))
         if j < len(convs) - 1 or relu_last:
@@ -72,7 +72,8 @@ def _canonical_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
         norms = [m for m in block if isinstance(m, nn.BatchNorm2d)]
         for j, conv in enumerate(convs):
             out[f"block{b}.conv{j}.weight"] = conv.weight
-            out[f"block{b}.conv{j}.bias"] = conv.bias
+            if conv.bias is not None:
+                out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
             for theirs, ours in _BN_NAMES.items():
                 out[f"block{b}.bn{j}.{ours}"] = getattr(bn, theirs)

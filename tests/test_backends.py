@@ -9,7 +9,7 @@ import pytest
 
 from common import calc, reference, weights
 from common.spec import Dropout, Flatten, NetSpec, NiNBlock, GlobalAvgPool
-from common.tolerances import error, max_abs
+from common.tolerances import CONDITIONING_FACTOR, error, max_abs
 from common.weights import WeightsError
 
 
@@ -82,14 +82,20 @@ def test_train_step_matches_reference_sgd(bk, spec, canonical_weights, images, l
     config = TrainConfig(lr=0.05, momentum=0.9, weight_decay=1e-3)
     opt = train_mod.make_optimizer(model, config)
     losses = [train_mod.train_step(model, opt, images, labels) for _ in range(2)]
-    ref_losses, ref_w = reference.train_trajectory(s, canonical_weights, [(images, labels)] * 2,
-                                                   lr=config.lr, momentum=config.momentum,
-                                                   weight_decay=config.weight_decay)
-    assert error(losses, ref_losses, tolerances["trajectory"]) <= 1.0, (losses, ref_losses)
+    sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    ref_losses, ref_w = reference.train_trajectory(s, canonical_weights, [(images, labels)] * 2, **sgd)
+    # The same steps in NumPy float32: how far float32 alone gets on this case (its conditioning;
+    # d2l-bn at batch 2 is ill-conditioned, whoever computes it). See common/tolerances.py.
+    losses32, w32 = reference.train_trajectory(s, canonical_weights, [(images, labels)] * 2, dtype=np.float32, **sgd)
+    slack = CONDITIONING_FACTOR * np.max(np.abs(losses32 - ref_losses))
+    assert error(losses, ref_losses, tolerances["trajectory"], slack) <= 1.0, (losses, ref_losses)
     out = model_mod.export_weights(model)
     for name in ref_w:
         if calc.is_trainable(name):
-            assert error(out[name], ref_w[name], tolerances["final_weights"]) <= 1.0, name
+            slack = CONDITIONING_FACTOR * np.linalg.norm(w32[name] - ref_w[name])
+            ratio = error(out[name] - canonical_weights[name], ref_w[name] - canonical_weights[name],
+                          tolerances["final_weights"], slack)
+            assert ratio <= 1.0, f"{name}: update off by {ratio:.3g} x tolerance"
 
 
 def test_load_weights_names_the_bad_tensor(bk, built, canonical_weights):
@@ -98,8 +104,8 @@ def test_load_weights_names_the_bad_tensor(bk, built, canonical_weights):
     bad["block0.conv0.weight"] = bad["block0.conv0.weight"][:, :, :-1]
     with pytest.raises(WeightsError, match="block0.conv0.weight"):
         model_mod.load_weights(built, bad)
-    missing = {k: v for k, v in canonical_weights.items() if k != "block1.conv0.bias"}
-    with pytest.raises(WeightsError, match="block1.conv0.bias"):
+    missing = {k: v for k, v in canonical_weights.items() if k != "block1.conv1.weight"}
+    with pytest.raises(WeightsError, match="block1.conv1.weight"):
         model_mod.load_weights(built, missing)
 
 
