@@ -202,3 +202,20 @@ def spec_layers(spec: NetSpec) -> list[dict]:
             "activations": sum(l.activations for l in mine),
         })
     return rows
+
+
+def traffic_bytes_per_image(spec: NetSpec, batch_size: int, dtype: str = "float32", train: bool = False,
+                            momentum: bool = False) -> float:
+    """Bytes one image costs the memory system, for the roofline. Activations: what each op reads and
+    writes (3x in training: the forward, then a backward that reads them and writes their gradients).
+    Weights are shared by the batch: inference reads them once; training reads them in the forward
+    and the backward, writes their gradient, and the update reads weight and gradient and writes the
+    weight (3 more with a momentum buffer: read, written, and read again by nothing: 2)."""
+    nbytes = DTYPE_BYTES[dtype]
+    infos = layers(spec)
+    params = sum(l.params + l.state for l in infos)
+    activations = (sum(l.bytes_moved for l in infos) - sum(l.params for l in infos)) * nbytes
+    if not train:
+        return activations + params * nbytes / batch_size
+    weight_passes = 5 + (2 if momentum else 0)
+    return 3 * activations + weight_passes * params * nbytes / batch_size

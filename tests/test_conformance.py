@@ -143,3 +143,23 @@ def test_nin_compare_exit_status_and_json(records, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "broken.safetensors" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_records_compare_the_same_from_another_environment(records):
+    """Records are portable: the MXNet environment (numpy 1.23, another interpreter) reads records
+    written under numpy 2 by other frameworks and reaches the same verdicts."""
+    other = backends.python_for("mxnet")
+    if Path(other).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no second environment here (.venv-mxnet is built by `make setup`)")
+    paths = [str(p) for p in records.values()]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    there = subprocess.run([other, "-m", "common.cli", "compare", *paths, "--json"],
+                           capture_output=True, text=True, cwd=ROOT, env=env)
+    assert there.returncode == 0, there.stderr[-2000:]
+    here = conformance.to_json(conformance.compare(paths))
+    theirs = json.loads(there.stdout)
+    assert [(c["check"], c["backend"], c["against"], c["passed"]) for c in theirs["checks"]] == \
+           [(c["check"], c["backend"], c["against"], c["passed"]) for c in here["checks"]]
+    for a, b in zip(theirs["checks"], here["checks"]):
+        if a["measured"] is not None:
+            assert a["measured"] == pytest.approx(b["measured"], rel=1e-6, abs=1e-12)

@@ -1,0 +1,221 @@
+"""`nin bench`: images per second of every backend, one process per backend and configuration.
+
+    python -m benchmarks.runner --backend torch jax --mode train infer --batch-size 32 128 \
+        --precision bf16 --compile on off --device gpu
+
+Each configuration runs `python -m benchmarks.worker` with its backend's interpreter
+(common.backends.python_for), so that no framework preallocates device memory under another and
+MXNet can live in its own environment. The results go to one JSON file (device, driver, versions,
+every setting and timing, the command line), with a Markdown table (.md) and a bar plot (.png)
+beside it. A configuration that runs out of device memory is recorded as "oom" and the sweep goes
+on; a backend whose framework or bench.py is absent is recorded as "skipped", with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common import backends, calc
+from common import spec as specs
+
+from . import report, utilization, verify_timing, worker
+
+RESULTS = backends.ROOT / "benchmarks" / "results"
+# environment variables that change speed (threads, visible devices, allocators, compilers): recorded with the run
+ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABLE_", "TF_GPU_", "TF_XLA_",
+               "TF_FORCE_", "MXNET_", "TORCH", "PYTORCH_", "NIN_PYTHON_")
+
+
+def _count(least: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `nin bench`; each list option sweeps every value given."""
+    parser.add_argument("--backend", nargs="+", dest="backends", metavar="NAME", choices=sorted(backends.BACKENDS),
+                        default=list(backends.BACKENDS), help="backends to run (default: all)")
+    parser.add_argument("--variant", default="d2l", help="a named variant or a .json spec file (default: d2l)")
+    parser.add_argument("--mode", nargs="+", dest="modes", choices=worker.MODES, default=list(worker.MODES),
+                        help="train (forward, backward, SGD step) and/or infer (default: both)")
+    parser.add_argument("--batch-size", nargs="+", dest="batch_sizes", type=_count(1), metavar="N", default=[128],
+                        help="batch sizes (default: 128)")
+    parser.add_argument("--precision", nargs="+", dest="precisions", choices=worker.PRECISIONS, default=["fp32"],
+                        help="fp32 (TF32 off), tf32, bf16 (mixed precision) (default: fp32)")
+    parser.add_argument("--compile", nargs="+", dest="compiles", choices=("on", "off"), default=["off", "on"],
+                        help="on: the framework's fast path (torch.compile, XLA jit, hybridize); off: eager (default: both)")
+    parser.add_argument("--device", choices=("auto",) + worker.DEVICES, default="auto",
+                        help="auto: gpu when nvidia-smi lists one, else cpu")
+    parser.add_argument("--warmup", type=_count(0), default=5, help="untimed steps after the first (default: 5)")
+    parser.add_argument("--windows", type=_count(1), default=5, help="timed windows; the median is reported (default: 5)")
+    parser.add_argument("--steps", type=_count(1), default=10, help="steps per timed window (default: 10)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration")
+    parser.add_argument("--verify", action="store_true",
+                        help="time each configuration again with an independent plain loop (torch, jax)")
+    parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/<device>-<date>.json)")
+    parser.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+    return parser
+
+
+# --- the device, without importing a framework ---------------------------------------------
+def _nvidia_smi() -> list[dict]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in out.stdout.strip().splitlines() if out.returncode == 0 else []:
+        name, driver, mib = (f.strip() for f in line.split(","))
+        gpus.append({"name": name, "driver": driver, "memory_bytes": int(float(mib)) * 2 ** 20})
+    return gpus
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict:
+    """{"kind": "cpu" | "gpu", "name", "driver", "memory_bytes", "count"}; device "auto" picks one."""
+    gpus = _nvidia_smi() if device in ("auto", "gpu") else []
+    if device == "gpu" or gpus:
+        first = gpus[0] if gpus else {"name": None, "driver": None, "memory_bytes": None}
+        return {"kind": "gpu", **first, "count": len(gpus)}
+    return {"kind": "cpu", "name": _cpu_name(), "driver": None, "memory_bytes": None, "count": os.cpu_count()}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed: `nin bench ...`, or `python -m benchmarks.runner ...` for a module of this repository."""
+    if not argv:
+        return ""
+    program = Path(argv[0]).resolve()
+    if program.suffix == ".py" and program.is_relative_to(backends.ROOT):
+        return shlex.join(["python", "-m", ".".join(program.relative_to(backends.ROOT).with_suffix("").parts), *argv[1:]])
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
+
+
+# --- one configuration ----------------------------------------------------------------------
+def annotate(result: dict, spec: specs.NetSpec, peak: utilization.DevicePeak | None) -> dict:
+    """Add the spread over windows, calc's memory prediction and the utilisation to a worker result."""
+    train = result["mode"] == "train"
+    dtype = "bfloat16" if result["precision"] == "bf16" else "float32"
+    s = calc.summary(spec, result["batch_size"], dtype, momentum=specs.recipe(spec.name).momentum > 0)
+    result["predicted_memory_bytes"] = s.train_memory_bytes if train else s.inference_memory_bytes
+    if result["status"] != "ok":
+        return result
+    rates = [result["batch_size"] * result["steps"] / t for t in result["window_seconds"]]
+    result["images_per_second_windows"] = rates
+    result["spread"] = (max(rates) - min(rates)) / result["images_per_second"]
+    flops = s.train_flops if train else s.forward_flops
+    moved = calc.traffic_bytes_per_image(spec, result["batch_size"], dtype, train,
+                                         momentum=specs.recipe(spec.name).momentum > 0)
+    result["utilization"] = utilization.utilization(
+        result["images_per_second"], flops, moved,
+        utilization.peak_for(result.get("device_name")) or peak, result["precision"])
+    return result
+
+
+def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        spec = specs.get(args.variant)
+    except specs.SpecError as e:
+        print(f"nin bench: {e}", file=sys.stderr)
+        return 2
+    # the workers run from the repository root: a spec file must not depend on the current directory
+    variant = str(Path(args.variant).resolve()) if args.variant.endswith(".json") else args.variant
+    device = device_info(args.device)
+    peak = utilization.peak_for(device["name"])
+    configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c == "on",
+                "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps}
+               for b, m, p, c, n in itertools.product(args.backends, args.modes, args.precisions,
+                                                      args.compiles, sorted(args.batch_sizes))]
+    results, skipped = [], {}
+    load_before = os.getloadavg()  # other processes on the machine show up here, and in the spread
+    bar = tqdm(configs, desc="nin bench", unit="config", file=sys.stderr, dynamic_ncols=True)
+    for config in bar:
+        bar.set_postfix_str(f"{config['backend']} {config['mode']} batch {config['batch_size']} {config['precision']} "
+                            + ("compiled" if config["compile"] else "eager"))
+        cmd = worker.command("benchmarks.worker", config)
+        if config["backend"] in skipped:  # one look is enough: the next configuration would skip too
+            result = {**config, "status": "skipped", "reason": skipped[config["backend"]]}
+        else:
+            result = {**config, **worker.call(cmd, args.timeout), "worker_command": shlex.join(cmd)}
+        if result["status"] == "skipped":
+            skipped[config["backend"]] = result["reason"]
+        results.append(annotate(result, spec, peak))
+    if args.verify:
+        verify_timing.check(results, args.timeout)
+
+    s = calc.summary(spec)
+    doc = {
+        "command": command_line(argv),
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENVIRONMENT)},
+        "device": {**device, "peak": peak.to_dict() if peak else None},
+        "settings": {"backends": args.backends, "variant": variant, "modes": args.modes,
+                     "batch_sizes": sorted(args.batch_sizes), "precisions": args.precisions,
+                     "compile": args.compiles, "device": args.device, "warmup": args.warmup,
+                     "windows": args.windows, "steps": args.steps, "timeout_s": args.timeout,
+                     "verify": args.verify},
+        "model": {"variant": spec.name, "params": s.total_params, "forward_flops_per_image": s.forward_flops,
+                  "train_flops_per_image": s.train_flops, "forward_bytes_per_image_fp32": s.bytes_moved},
+        "versions": {r["backend"]: r["versions"] for r in results if r.get("versions")},
+        "results": results,
+    }
+    if device["name"] is None:  # a GPU that nvidia-smi did not describe: take the framework's name
+        device["name"] = doc["device"]["name"] = next((r["device_name"] for r in results if r.get("device_name")), None)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json"
+    written = report.write(doc, out)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(report.table(results))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    failed = [r for r in results if r["status"] == "error"]
+    disagree = [r for r in results if device["kind"] == "gpu" and (r.get("verify") or {}).get("agrees") is False]
+    for r in failed:
+        print(f"error: {r['backend']} {r['mode']} batch {r['batch_size']}: {r['reason']}", file=sys.stderr)
+    for r in disagree:
+        print(f"timing check failed: {r['backend']} {r['mode']} batch {r['batch_size']}: harness "
+              f"{r['images_per_second']:.1f} vs loop {r['verify']['images_per_second']:.1f} images/s", file=sys.stderr)
+    return 1 if failed or disagree else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m benchmarks.runner",
+                                                 description=__doc__.split("\n\n")[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

@@ -1,0 +1,148 @@
+"""The throughput harness on the CPU, with tiny configurations (the paper's net, batch 2, compile off).
+
+The worker and the runner run for real, in subprocesses, as `nin bench` runs them; the out-of-memory
+and missing-backend paths run the worker in this process with the framework parts replaced.
+"""
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import runner, utilization, verify_timing, worker
+from common import backends
+
+TINY = {"variant": "paper", "mode": "train", "batch_size": 2, "precision": "fp32", "compile": False,
+        "device": "cpu", "warmup": 1, "windows": 2, "steps": 1}
+TINY_ARGS = ["--variant", "paper", "--batch-size", "2", "--compile", "off", "--device", "cpu",
+             "--warmup", "1", "--windows", "2", "--steps", "1"]
+CONTRACT_KEYS = {"images_per_second", "window_seconds", "first_step_seconds", "peak_memory_bytes", "settings"}
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed here")
+
+
+@needs_torch
+def test_torch_worker_times_a_tiny_configuration():
+    out = worker.call(worker.command("benchmarks.worker", {"backend": "torch", **TINY}), timeout=300)
+    assert out["status"] == "ok", out.get("reason")
+    assert CONTRACT_KEYS | {"versions", "numerics", "device_name", "backend", "batch_size"} <= set(out)
+    assert len(out["window_seconds"]) == 2 and all(t > 0 for t in out["window_seconds"])
+    assert out["images_per_second"] > 0 and out["first_step_seconds"] > 0
+    assert out["images_per_second"] == pytest.approx(statistics.median(2 / t for t in out["window_seconds"]))
+    assert out["peak_memory_bytes"] is None  # no device counter on the CPU
+    assert out["settings"]["tf32_matmul"] is False and out["settings"]["optimizer"].startswith("SGD")
+
+
+@needs_torch
+def test_runner_writes_json_markdown_and_plot(tmp_path, monkeypatch):
+    if importlib.util.find_spec("mxnet") is None:  # then mxnet, pointed at this interpreter, must skip
+        monkeypatch.setenv("NIN_PYTHON_MXNET", sys.executable)
+    argv = ["nin", "bench", "--backend", "torch", "mxnet", "--mode", "infer", *TINY_ARGS, "--out", str(tmp_path / "r.json")]
+    rc = runner.main(runner.build_parser().parse_args(argv[2:]), argv=argv)
+    assert rc == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["command"] == " ".join(argv)
+    assert doc["device"]["kind"] == "cpu" and doc["device"]["peak"] is None
+    torch_result = next(r for r in doc["results"] if r["backend"] == "torch")
+    assert torch_result["status"] == "ok" and torch_result["images_per_second"] > 0
+    assert torch_result["predicted_memory_bytes"] > 0 and torch_result["utilization"]["achieved_tflops"] > 0
+    assert torch_result["utilization"]["mfu"] is None  # a CPU's peak is unknown: none is invented
+    assert "torch" in doc["versions"] and doc["settings"]["batch_sizes"] == [2]
+    if importlib.util.find_spec("mxnet") is None:
+        mx = next(r for r in doc["results"] if r["backend"] == "mxnet")
+        assert mx["status"] == "skipped" and "mxnet is not installed" in mx["reason"]
+    md = (tmp_path / "r.md").read_text()
+    assert doc["command"] in md and "| torch | infer | 2 | fp32 | off | ok |" in md
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_utilization_math():
+    assert utilization.fraction_of_peak(1e12, 1.0, 2.0) == pytest.approx(0.5)  # 1e12 FLOP in 1 s of 2e12 FLOP/s
+    assert utilization.achieved_tflops(3e12, 2.0) == pytest.approx(1.5)
+    # 1 GFLOP per image on 100 TFLOP/s allows 1e5 images/s; 20 MB per image on 1000 GB/s allows 5e4: memory bound.
+    assert utilization.roofline_images_per_second(1e9, 2e7, 100.0, 1000.0) == (pytest.approx(5e4), "memory")
+    assert utilization.roofline_images_per_second(1e9, 1e6, 100.0, 1000.0) == (pytest.approx(1e5), "compute")
+    peak = utilization.DevicePeak("test", {"bf16": 2.0}, 1000.0, "test")
+    u = utilization.utilization(1000.0, 1e9, 1e6, peak, "bf16")  # 1e12 FLOP/s on a 2 TFLOP/s device
+    assert u["mfu"] == pytest.approx(0.5) and u["roofline_bound"] == "compute"
+    assert u["fraction_of_roofline"] == pytest.approx(0.5)
+    assert utilization.utilization(1000.0, 1e9, 1e6, None, "fp32")["mfu"] is None
+
+
+@pytest.mark.parametrize("name, entry, bandwidth", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 3350), ("NVIDIA H100 PCIe", "H100 PCIe", 2000),
+    ("NVIDIA H100 NVL", "H100 NVL", 3900), ("NVIDIA H200", "H200 SXM", 4800),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM", 2039), ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe", 1935),
+    ("NVIDIA A100-PCIE-40GB", "A100 40GB", 1555)])
+def test_peak_table_names_the_device(name, entry, bandwidth):
+    peak = utilization.peak_for(name)
+    assert peak.name == entry and peak.bandwidth_gbs == bandwidth
+    assert peak.tflops["bf16"] > peak.tflops["tf32"] > peak.tflops["fp32"]
+
+
+def test_unknown_devices_have_no_peak():
+    assert utilization.peak_for("AMD EPYC 7B13") is None and utilization.peak_for(None) is None
+
+
+def _in_process(cmd, timeout=None):
+    """worker.call without the subprocess, so that monkeypatches reach the worker."""
+    return worker.run(**worker.config_from_args(worker.build_parser().parse_args(cmd[3:])))
+
+
+@needs_torch
+def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    bench = backends.load("torch", "bench")
+    train = backends.load("torch", "train")
+
+    def fake_benchmark(spec, mode, batch_size, precision, compile, device, warmup=5, windows=5, steps=10):
+        if batch_size > 2:
+            raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"images_per_second": 100.0, "window_seconds": [0.02] * windows, "first_step_seconds": 0.5,
+                "peak_memory_bytes": None, "settings": {}}
+
+    monkeypatch.setattr(bench, "benchmark", fake_benchmark)
+    monkeypatch.setattr(train, "configure", lambda device, precision: {"precision": precision})
+    monkeypatch.setattr(worker, "call", _in_process)
+    args = runner.build_parser().parse_args(["--backend", "torch", "--mode", "train", *TINY_ARGS,
+                                             "--batch-size", "4", "2", "8", "--out", str(tmp_path / "r.json")])
+    assert runner.main(args, argv=["nin", "bench"]) == 0  # out of memory is a result, not a failure
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["batch_size"], r["status"]) for r in doc["results"]] == [(2, "ok"), (4, "oom"), (8, "oom")]
+    assert "out of memory" in doc["results"][1]["reason"]
+    assert doc["results"][0]["images_per_second"] == 100.0
+    assert "| oom: CUDA out of memory" in (tmp_path / "r.md").read_text()
+
+
+def test_backend_without_framework_or_bench_is_skipped(monkeypatch):
+    monkeypatch.setitem(backends.BACKENDS, "ghost", backends.Backend("ghost", "nin_ghost", "no_such_framework", ".venv"))
+    monkeypatch.setitem(backends.BACKENDS, "shell", backends.Backend("shell", "nin_shell", "json", ".venv"))
+    ghost = worker.run("ghost", **TINY)
+    assert ghost["status"] == "skipped" and "no_such_framework is not installed" in ghost["reason"]
+    shell = worker.run("shell", **TINY)
+    assert shell["status"] == "skipped" and "nin_shell/bench.py does not exist" in shell["reason"]
+
+
+def test_a_failing_configuration_is_an_error_with_its_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "call", lambda cmd, timeout=None: {"status": "error", "reason": "boom"})
+    args = runner.build_parser().parse_args(["--backend", "tf", "--mode", "infer", *TINY_ARGS,
+                                             "--out", str(tmp_path / "r.json")])
+    assert runner.main(args, argv=["nin", "bench"]) == 1
+    assert json.loads((tmp_path / "r.json").read_text())["results"][0]["reason"] == "boom"
+
+
+@needs_torch
+def test_independent_timing_loop_runs_for_torch():
+    out = worker.call(worker.command("benchmarks.verify_timing", {"backend": "torch", **TINY}), timeout=300)
+    assert out["status"] == "ok" and out["images_per_second"] > 0 and out["steps"] == 2
+    result = {"backend": "torch", **TINY, "status": "ok", "images_per_second": out["images_per_second"]}
+    verify_timing.check([result], timeout=300)  # a fresh process of its own
+    assert result["verify"]["status"] == "ok" and result["verify"]["tolerance"] == 0.10
+
+
+def test_runner_help_works_standalone():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.runner", "--help"], cwd=backends.ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--verify" in proc.stdout
