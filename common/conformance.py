@@ -31,6 +31,7 @@ from . import backends, calc, data, reference, spec as specs, weights
 from .tolerances import CONDITIONING_FACTOR, TOLERANCES, Tolerance, error
 
 FORMAT = "nin-conformance-record/1"
+REFERENCE_VERSION = 3  # bump when common.reference or the cases change what they compute: the cache key
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ def _cache_dir() -> Path:
 
 def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
     """What a perfect backend would record, in float64; cached on disk by a hash of spec and cases."""
-    key = hashlib.sha256((spec.to_json() + json.dumps(asdict(cases), sort_keys=True)).encode()).hexdigest()[:16]
+    identity = [spec.to_json(), asdict(cases), sorted(calc.param_shapes(spec).items()), REFERENCE_VERSION]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     cache = _cache_dir() / f"{spec.name}-{key}.npz"
     if use_cache and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -186,6 +188,8 @@ def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True)
     loss, grads = reference.loss_and_grads(spec.with_dropout(0.0), w, images, labels)
     out["loss"] = np.array([loss])
     out.update({f"grad/{k}": v for k, v in grads.items()})
+    _, grads32 = reference.loss_and_grads(spec.with_dropout(0.0), w, images, labels, dtype=np.float32)
+    out.update({f"spread/grad/{k}": np.array([np.linalg.norm(grads32[k] - v)]) for k, v in grads.items()})
     batches = data.fixed_batches(spec, cases.steps, cases.train_batch, data_dir)
     init = weights.init(spec, cases.init_seed)
     losses, final = reference.train_trajectory(spec, init, batches, lr=cases.lr)
@@ -293,8 +297,7 @@ def _compare_to(rec: Record, variant: str, ref: dict[str, np.ndarray], against: 
             theirs = {k: v - init[k] for k, v in theirs.items() if k in init}
             mine = {k: v - init[k] if k in init and np.shape(v) == init[k].shape else v for k, v in mine.items()}
         out.append(_worst(variant, check, label, against, mine, theirs, tols[check],
-                          {k[len("final/"):]: v for k, v in slack.items() if k.startswith("final/")}
-                          if prefix == "final" else None))
+                          {k[len(prefix) + 1:]: v for k, v in slack.items() if k.startswith(prefix + "/")}))
     return out
 
 

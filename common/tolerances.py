@@ -17,9 +17,12 @@ Measured on CPU, float32 frameworks against the float64 NumPy reference (see doc
 * conditioning: some training runs are chaotic in float32 whoever computes them. On d2l-bn
   (batch norm at batch 4 on raw images) NumPy's own float32 reference leaves its float64 run
   by 8e-3 in the loss after ONE step (the first block's batch-norm gradients differ by 2.5%).
-  So the trajectory and final-weights bounds of every case get a slack of CONDITIONING_FACTOR
-  x the float32 reference's own spread from float64: nothing on well-conditioned cases
-  (spread ~1e-6), and an honest, stated bound where no float32 code can do better.
+  So the gradient, trajectory and final-weights bounds of every case get a slack of
+  CONDITIONING_FACTOR x the float32 reference's own spread from float64: nothing on
+  well-conditioned cases (spread ~1e-6), and an honest, stated bound where no float32 code can
+  do better. Measured on d2l-bn's gradient case: NumPy float32 is 0.6% off float64, MXNet 1.15%
+  (its BatchNorm loses more float32 digits than the others: 3e-5 relative in its output against
+  7e-7 for PyTorch), PyTorch 0.08%, JAX 0.05%.
 * `fast` precision (TF32 / bf16) rounds inputs of every matmul to 10 (or 8) bits of mantissa:
   logits within ~1e-2 relative.
 """

@@ -15,6 +15,8 @@ import pytest
 from benchmarks import runner, utilization, verify_timing, worker
 from common import backends
 
+pytestmark = pytest.mark.main_env  # spawns each backend's own interpreter already: run once
+
 TINY = {"variant": "paper", "mode": "train", "batch_size": 2, "precision": "fp32", "compile": False,
         "device": "cpu", "warmup": 1, "windows": 2, "steps": 1}
 TINY_ARGS = ["--variant", "paper", "--batch-size", "2", "--compile", "off", "--device", "cpu",
