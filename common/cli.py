@@ -144,7 +144,7 @@ def cmd_conformance(args) -> int:
 def _add_spec_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--variant", default="d2l", choices=sorted(specs.VARIANTS), help="a named network (default d2l)")
-    g.add_argument("--spec", metavar="FILE", help="a network spec as JSON (see docs/spec.md)")
+    g.add_argument("--spec", metavar="FILE", help="a network spec as JSON (the format: common/spec.py, NetSpec.to_json)")
 
 
 def parser() -> argparse.ArgumentParser:
