@@ -149,7 +149,7 @@ def _add_spec_args(p) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nin", description="Network in Network in four frameworks, and the proof they agree.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")  # hides the internal _record
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs; memory for training and inference")
     _add_spec_args(s)
@@ -178,19 +178,20 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--out", required=True)
     h.set_defaults(func=cmd_record_here)
 
+    def matrix_args(q):
+        q.add_argument("--json", action="store_true", help="one JSON object instead of the matrix")
+        q.add_argument("--report", help="also write the matrix to this Markdown file")
+        q.add_argument("--no-cache", action="store_true", help="recompute the float64 reference")
+
     c = sub.add_parser("compare", help="compare records with the reference and with each other")
     c.add_argument("records", nargs="+", help="record files")
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--report", help="also write the matrix to this Markdown file")
-    c.add_argument("--no-cache", action="store_true", help="recompute the float64 reference")
+    matrix_args(c)
     c.set_defaults(func=cmd_compare)
 
     k = sub.add_parser("conformance", help="record every installed backend and compare (the main job)")
     record_args(k, True)
     k.add_argument("--out-dir", default="records", help="where the records go (default records/)")
-    k.add_argument("--json", action="store_true")
-    k.add_argument("--report", help="also write the matrix to this Markdown file")
-    k.add_argument("--no-cache", action="store_true", help="recompute the float64 reference")
+    matrix_args(k)
     k.set_defaults(func=cmd_conformance)
 
     b = sub.add_parser("bench", help="training and inference throughput per backend")

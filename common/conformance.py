@@ -22,7 +22,7 @@ import hashlib
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,6 @@ def make_record(backend: str, variants: list[str], device: str, precision: str, 
     model_mod = backends.load(backend, "model")
     train_mod = backends.load(backend, "train")
     numerics = train_mod.configure(device, precision)
-    from common.spec import TrainConfig
 
     tensors: dict[str, np.ndarray] = {}
     per_variant = {}
@@ -88,7 +87,7 @@ def make_record(backend: str, variants: list[str], device: str, precision: str, 
 
         model = model_mod.build(nodrop, device=device)
         model_mod.load_weights(model, weights.init(spec, cases.init_seed))
-        optimizer = train_mod.make_optimizer(model, TrainConfig(lr=cases.lr))
+        optimizer = train_mod.make_optimizer(model, specs.TrainConfig(lr=cases.lr))
         losses = [train_mod.train_step(model, optimizer, x, y)
                   for x, y in data.fixed_batches(spec, cases.steps, cases.train_batch, data_dir)]
         tensors[f"{spec.name}/trajectory"] = np.array(losses, dtype=np.float32)
@@ -238,15 +237,10 @@ def _tol_text(t: Tolerance) -> str:
 def _array_check(variant, name, label, against, a, b, tol, detail="", slack: float = 0.0) -> Check:
     ratio = error(a, b, tol, slack)
     shape_note = "" if np.shape(a) == np.shape(b) else f"shape {np.shape(a)} vs {np.shape(b)}"
-    if slack > _slack_floor(tol):
+    if slack > tol.atol:  # below the tolerance's own atol, slack changes nothing worth mentioning
         detail = f"{detail}; conditioning slack {slack:.2g}".lstrip("; ")
     return Check(variant, name, against, label, _measure(a, b, tol), _tol_text(tol), ratio, ratio <= 1.0,
                  shape_note or detail)
-
-
-def _slack_floor(tol: Tolerance) -> float:
-    """Slack below the tolerance's own atol changes nothing worth mentioning."""
-    return tol.atol
 
 
 def _grouped(rec: Record, variant: str, prefix: str) -> dict[str, np.ndarray]:
@@ -264,8 +258,6 @@ def _worst(variant, name, label, against, mine: dict, theirs: dict, tol, slack: 
     rows = [_array_check(variant, name, label, against, mine[k], theirs[k], tol, k, (slack or {}).get(k, 0.0))
             for k in theirs]
     worst = max(rows, key=lambda r: r.ratio)
-    if not worst.detail:
-        worst.detail = "worst tensor unknown"
     worst.detail = f"worst: {worst.detail}"
     return worst
 
