@@ -1,17 +1,17 @@
 # The two commands of the README, and what they need. Every target is idempotent: an environment is
 # (re)built only when its requirements file changes.
-#   make conformance   the main job: summaries of every variant, then the four backends' conformance matrix
-#   make test          the test suite, each backend in its own environment
+#   make conformance   the main job: summaries of every variant, then the conformance matrix of every
+#                      backend (fp32 eager and compiled, fp64), written to records/matrix.md and .json
+#   make test          ruff, then the test suite, each backend in its own environment
+# Fashion-MNIST is found the same way by every command (common/data.py): $NIN_DATA_DIR, a copy beside
+# the checkout (../shared/data/fashion-mnist), or ~/.cache/nin/fashion-mnist, where it is downloaded.
 PYTHON ?= python3
 VENV := .venv
 MXVENV := .venv-mxnet
 PYTEST_ARGS ?=
-# Fashion-MNIST: a copy beside the checkout (as on the project's CI machines) is used as is;
-# otherwise the loader downloads it into ~/.cache/nin and verifies it (sha256).
-NIN_DATA_DIR ?= $(if $(wildcard ../shared/data/fashion-mnist/*.gz),$(abspath ../shared/data/fashion-mnist),)
-export NIN_DATA_DIR
+NIN := $(VENV)/bin/nin
 
-.PHONY: setup conformance test bench clean
+.PHONY: setup conformance test portability error-model bench clean
 
 setup: $(VENV)/.installed $(MXVENV)/.installed
 
@@ -31,17 +31,31 @@ $(MXVENV)/.installed: requirements/mxnet.txt pyproject.toml
 
 conformance: setup
 	@for v in d2l paper d2l-single-1x1 d2l-gradual d2l-linear-head d2l-bn; do \
-		$(VENV)/bin/nin summary --variant $$v || exit 1; echo; done
-	$(VENV)/bin/nin conformance --report records/matrix.md
+		$(NIN) summary --variant $$v || exit 1; echo; done
+	$(NIN) conformance --report records/matrix.md --json-out records/matrix.json
 
-# Tests run twice: the main environment runs common, torch, tf and jax; .venv-mxnet runs common again
-# (on numpy 1.23) and mxnet. NIN_REQUIRE turns a missing framework into a failure, not a skip.
+# Each Keras backend is a process of its own (KERAS_BACKEND is read once, when Keras starts); the MXNet
+# environment (numpy 1.23) runs common's tests again and MXNet's. NIN_REQUIRE turns a missing
+# framework into a failure, not a skip.
 test: setup
-	NIN_REQUIRE=torch,tf,jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends torch,tf,jax
+	$(VENV)/bin/ruff check .
+	NIN_REQUIRE=torch,keras-tf,jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends torch,keras-tf,jax
+	KERAS_BACKEND=jax NIN_REQUIRE=keras-jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-jax \
+		-m "not main_env" tests/test_backends.py
+	KERAS_BACKEND=torch NIN_REQUIRE=keras-torch $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-torch \
+		-m "not main_env" tests/test_backends.py
 	NIN_REQUIRE=mxnet $(MXVENV)/bin/python -m pytest $(PYTEST_ARGS) --backends mxnet -m "not main_env"
 
+# The CPU matrix under every numeric path a user's CPU may take that can be forced here (docs/conformance.md).
+portability: setup
+	$(VENV)/bin/python -m conformance.portability --report records/portability.md
+
+# Measure the error model's spreads again (common/error_model.json); about an hour on two cores.
+error-model: setup
+	$(NIN) error-model --write
+
 bench: setup
-	$(VENV)/bin/nin bench
+	$(NIN) bench
 
 clean:
-	rm -rf $(VENV) $(MXVENV) records
+	rm -rf $(VENV) $(MXVENV) records/*.safetensors

@@ -9,6 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+from common import tables
+from common.fsio import atomic_path, atomic_write_text
+
 MIB = 2 ** 20
 COLUMNS = ("backend", "mode", "batch", "precision", "compile", "status", "images/s", "spread", "first step s",
            "peak MiB", "predicted MiB", "TFLOP/s", "of peak", "roofline images/s", "timing check")
@@ -22,9 +25,9 @@ def _row(r: dict) -> list[str]:
     ok = r["status"] == "ok"
     u = r.get("utilization") or {}
     check = r.get("verify") or {}
-    status = r["status"] if ok else f"{r['status']}: {r.get('reason', '')}"[:80].replace("|", "/")
+    status = r["status"] if ok else f"{r['status']}: {r.get('reason', '')}"[:80]
     return [
-        r["backend"], r["mode"], str(r["batch_size"]), r["precision"], "on" if r["compile"] else "off", status,
+        r["backend"], r["mode"], str(r["batch_size"]), r["precision"], str(r["compile"]), status,
         _num(r.get("images_per_second"), ".1f") if ok else "–",
         _num(r.get("spread"), ".1%") if ok else "–",
         _num(r.get("first_step_seconds"), ".2f") if ok else "–",
@@ -32,15 +35,14 @@ def _row(r: dict) -> list[str]:
         _num(r["predicted_memory_bytes"] / MIB if r.get("predicted_memory_bytes") else None, ".0f"),
         _num(u.get("achieved_tflops"), ".3g") if ok else "–",
         _num(u.get("mfu"), ".1%") if ok else "–",
-        _num(u.get("roofline_images_per_second"), ".0f") + (f" ({u['roofline_bound']})" if u.get("roofline_bound") else ""),
+        _num(u.get("roofline_images_per_second"), ".0f")
+        + (f" ({u['roofline_bound']})" if u.get("roofline_bound") else ""),
         f"{check['images_per_second']:.1f} ({check['ratio']:.2f}x)" if check.get("ratio") else check.get("status", "–"),
     ]
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
-    return "\n".join(lines)
+    return "\n".join(tables.markdown(COLUMNS, [_row(r) for r in results]))
 
 
 def _load(doc: dict) -> str:
@@ -89,7 +91,7 @@ def plot(doc: dict, path: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 1 + 0.4 * rows), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         shown = [r for r in doc["results"] if r["mode"] == mode and r["status"] in ("ok", "oom")]
-        labels = [f"{r['backend']} bs{r['batch_size']} {r['precision']} {'compiled' if r['compile'] else 'eager'}"
+        labels = [f"{r['backend']} bs{r['batch_size']} {r['precision']} {r['compile']}"
                   for r in shown]
         values = [r.get("images_per_second") or 0.0 for r in shown]
         ax.barh(range(len(shown)), values, color=[colours[r["backend"]] for r in shown])
@@ -104,7 +106,8 @@ def plot(doc: dict, path: str | Path) -> Path | None:
             ax.text(0.5, 0.5, "no measurement", ha="center", transform=ax.transAxes)
     fig.suptitle(doc["device"]["name"], fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -112,10 +115,9 @@ def plot(doc: dict, path: str | Path) -> Path | None:
 def write(doc: dict, json_path: str | Path) -> list[Path]:
     """The result file and its .md and .png beside it; returns the paths written."""
     json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     md = json_path.with_suffix(".md")
-    md.write_text(markdown(doc))
+    atomic_write_text(md, markdown(doc))
     png = plot(doc, json_path.with_suffix(".png"))
     return [json_path, md] + ([png] if png else [])
 

@@ -1,10 +1,10 @@
 """`nin bench`: images per second of every backend, one process per backend and configuration.
 
     python -m benchmarks.runner --backend torch jax --mode train infer --batch-size 32 128 \
-        --precision bf16 --compile on off --device gpu
+        --precision bf16 --compile eager compiled --device gpu
 
-Each configuration runs `python -m benchmarks.worker` with its backend's interpreter
-(common.backends.python_for), so that no framework preallocates device memory under another and
+Each configuration runs `python -m benchmarks.worker` with its backend's interpreter and
+environment (harness.processes), so that no framework preallocates device memory under another and
 MXNet can live in its own environment. The results go to one JSON file (device, driver, versions,
 every setting and timing, the command line), with a Markdown table (.md) and a bar plot (.png)
 beside it. A configuration that runs out of device memory is recorded as "oom" and the sweep goes
@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from common import backends, calc
 from common import spec as specs
+from common.fsio import OutputError, check_writable
+from harness import processes
 
 from . import report, utilization, verify_timing, worker
 
@@ -46,6 +48,25 @@ def _count(least: int):
     return parse
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 7 * 24 * 3600):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 and below a week, got {text!r}")
+    return value
+
+
+COMPILE_MODES = ("eager", "graph", "compiled")
+
+
+def _compiles(backend: str, asked: list[str]) -> list[str]:
+    """The compile modes to run for a backend: those asked for, or with "all" every mode it offers."""
+    offered = backends.get(backend).compile_modes
+    return list(offered) if "all" in asked else list(asked)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `nin bench`; each list option sweeps every value given."""
     parser.add_argument("--backend", nargs="+", dest="backends", metavar="NAME", choices=sorted(backends.BACKENDS),
@@ -57,14 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="batch sizes (default: 128)")
     parser.add_argument("--precision", nargs="+", dest="precisions", choices=worker.PRECISIONS, default=["fp32"],
                         help="fp32 (TF32 off), tf32, bf16 (mixed precision) (default: fp32)")
-    parser.add_argument("--compile", nargs="+", dest="compiles", choices=("on", "off"), default=["off", "on"],
-                        help="on: the framework's fast path (torch.compile, XLA jit, hybridize); off: eager (default: both)")
+    parser.add_argument("--compile", nargs="+", dest="compiles", metavar="MODE", default=["all"],
+                        help="eager, compiled (torch.compile, XLA, jax.jit, hybridize), graph (Keras: tf.function "
+                             "without XLA), or all: every mode each backend offers (default)")
     parser.add_argument("--device", choices=("auto",) + worker.DEVICES, default="auto",
                         help="auto: gpu when nvidia-smi lists one, else cpu")
     parser.add_argument("--warmup", type=_count(0), default=5, help="untimed steps after the first (default: 5)")
-    parser.add_argument("--windows", type=_count(1), default=5, help="timed windows; the median is reported (default: 5)")
+    parser.add_argument("--windows", type=_count(1), default=5,
+                        help="timed windows; the median is reported (default: 5)")
     parser.add_argument("--steps", type=_count(1), default=10, help="steps per timed window (default: 10)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration")
+    parser.add_argument("--timeout", type=_seconds, default=1800, help="seconds allowed per configuration")
     parser.add_argument("--verify", action="store_true",
                         help="time each configuration again with an independent plain loop (torch, jax)")
     parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/<device>-<date>.json)")
@@ -115,7 +138,8 @@ def command_line(argv: list[str]) -> str:
         return ""
     program = Path(argv[0]).resolve()
     if program.suffix == ".py" and program.is_relative_to(backends.ROOT):
-        return shlex.join(["python", "-m", ".".join(program.relative_to(backends.ROOT).with_suffix("").parts), *argv[1:]])
+        module = ".".join(program.relative_to(backends.ROOT).with_suffix("").parts)
+        return shlex.join(["python", "-m", module, *argv[1:]])
     return shlex.join([Path(argv[0]).name, *argv[1:]])
 
 
@@ -128,15 +152,12 @@ def annotate(result: dict, spec: specs.NetSpec, peak: utilization.DevicePeak | N
     result["predicted_memory_bytes"] = s.train_memory_bytes if train else s.inference_memory_bytes
     if result["status"] != "ok":
         return result
-    rates = [result["batch_size"] * result["steps"] / t for t in result["window_seconds"]]
-    result["images_per_second_windows"] = rates
-    result["spread"] = (max(rates) - min(rates)) / result["images_per_second"]
     flops = s.train_flops if train else s.forward_flops
-    moved = calc.traffic_bytes_per_image(spec, result["batch_size"], dtype, train,
+    moved = calc.traffic_bytes_per_image(spec, result["batch_size"], dtype, train=train,
                                          momentum=specs.recipe(spec.name).momentum > 0)
     result["utilization"] = utilization.utilization(
         result["images_per_second"], flops, moved,
-        utilization.peak_for(result.get("device_name")) or peak, result["precision"])
+        peak=utilization.peak_for(result.get("device_name")) or peak, precision=result["precision"])
     return result
 
 
@@ -149,24 +170,36 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 2
     # the workers run from the repository root: a spec file must not depend on the current directory
     variant = str(Path(args.variant).resolve()) if args.variant.endswith(".json") else args.variant
+    bad = [c for c in args.compiles if c not in COMPILE_MODES + ("all",)]
+    if bad:
+        print(f"nin bench: --compile {bad[0]!r}: expected some of {list(COMPILE_MODES)} or all", file=sys.stderr)
+        return 2
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     device = device_info(args.device)
+    out = args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json"
+    try:
+        check_writable(out, "--out")  # before the work: a bad path must not lose a finished sweep
+    except OutputError as e:
+        print(f"nin bench: {e}", file=sys.stderr)
+        return 2
     peak = utilization.peak_for(device["name"])
-    configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c == "on",
+    configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c,
                 "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps}
-               for b, m, p, c, n in itertools.product(args.backends, args.modes, args.precisions,
-                                                      args.compiles, sorted(args.batch_sizes))]
+               for b in args.backends for m, p, c, n in itertools.product(
+                   args.modes, args.precisions, _compiles(b, args.compiles), sorted(args.batch_sizes))]
     results, skipped = [], {}
     load_before = os.getloadavg()  # other processes on the machine show up here, and in the spread
     bar = tqdm(configs, desc="nin bench", unit="config", file=sys.stderr, dynamic_ncols=True)
     for config in bar:
         bar.set_postfix_str(f"{config['backend']} {config['mode']} batch {config['batch_size']} {config['precision']} "
-                            + ("compiled" if config["compile"] else "eager"))
-        cmd = worker.command("benchmarks.worker", config)
+                            + config["compile"])
+        cmd = processes.worker_command(config["backend"], "benchmarks.worker", worker.arguments(config))
         if config["backend"] in skipped:  # one look is enough: the next configuration would skip too
             result = {**config, "status": "skipped", "reason": skipped[config["backend"]]}
         else:
-            result = {**config, **worker.call(cmd, args.timeout), "worker_command": shlex.join(cmd)}
-        if result["status"] == "skipped":
+            result = {**config, **processes.call(config["backend"], "benchmarks.worker", worker.arguments(config),
+                                                 args.timeout), "worker_command": shlex.join(cmd)}
+        if result["status"] == "skipped" and "not installed" in result.get("reason", ""):
             skipped[config["backend"]] = result["reason"]
         results.append(annotate(result, spec, peak))
     if args.verify:
@@ -194,8 +227,6 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     }
     if device["name"] is None:  # a GPU that nvidia-smi did not describe: take the framework's name
         device["name"] = doc["device"]["name"] = next((r["device_name"] for r in results if r.get("device_name")), None)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json"
     written = report.write(doc, out)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -72,7 +72,7 @@ def roofline_images_per_second(flops_per_image: float, bytes_per_image: float, p
     return (compute, "compute") if compute <= memory else (memory, "memory")
 
 
-def utilization(images_per_second: float, flops_per_image: float, bytes_per_image: float,
+def utilization(images_per_second: float, flops_per_image: float, bytes_per_image: float, *,
                 peak: DevicePeak | None, precision: str) -> dict:
     """Everything the report shows about one measured rate; the peak-based entries are None without a peak."""
     out = {

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-from common import backends
 from common import spec as specs
+from harness import processes
 
 from . import worker
 
 TOLERANCE = 0.10  # |harness / loop - 1|
 
 
-def torch_loop(spec, mode, batch_size, precision, compile, device, warmup, steps) -> float:
+def torch_loop(spec, config: dict, steps: int) -> float:
+    mode, batch_size, precision, device = config["mode"], config["batch_size"], config["precision"], config["device"]
+    warmup = config["warmup"]
     import torch
     import torch.nn.functional as F
 
@@ -42,6 +43,7 @@ def torch_loop(spec, mode, batch_size, precision, compile, device, warmup, steps
     model = build(spec, device=device)
     x = torch.randn(batch_size, *spec.input_shape, device=dev)
     y = torch.randint(0, spec.num_classes, (batch_size,), device=dev)
+    compile = config["compile"] == "compiled"
     if compile and dev.type == "cuda":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     net = torch.compile(model) if compile else model
@@ -76,13 +78,16 @@ def torch_loop(spec, mode, batch_size, precision, compile, device, warmup, steps
     return time.perf_counter() - start
 
 
-def jax_loop(spec, mode, batch_size, precision, compile, device, warmup, steps) -> float:
+def jax_loop(spec, config: dict, steps: int) -> float:
+    mode, batch_size, precision, device = config["mode"], config["batch_size"], config["precision"], config["device"]
+    warmup = config["warmup"]
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from common import weights
 
+    compile = config["compile"] == "compiled"
     dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     prec = jax.lax.Precision.HIGHEST if precision == "fp32" else jax.lax.Precision.DEFAULT
@@ -97,7 +102,7 @@ def jax_loop(spec, mode, batch_size, precision, compile, device, warmup, steps) 
         x, b = x.astype(dtype), 0
         for layer in spec.layers:
             if isinstance(layer, specs.NiNBlock):
-                for j, (_, k, s, pad) in enumerate(layer.convs):
+                for j, (_, _k, s, pad) in enumerate(layer.convs):
                     conv = f"block{b}.conv{j}"
                     x = jax.lax.conv_general_dilated(x, p[f"{conv}.weight"].astype(dtype), (s, s), [(pad, pad)] * 2,
                                                      precision=prec, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -113,7 +118,7 @@ def jax_loop(spec, mode, batch_size, precision, compile, device, warmup, steps) 
                         x = jax.nn.relu(x)
                 b += 1
             elif isinstance(layer, specs.MaxPool):
-                k, s, pad = layer.kernel, layer.stride, layer.padding
+                k, s, pad = layer.kernel_size, layer.stride, layer.padding
                 x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
                                           [(0, 0), (pad, pad), (pad, pad), (0, 0)])
             elif isinstance(layer, specs.Dropout) and train:
@@ -165,28 +170,29 @@ def jax_loop(spec, mode, batch_size, precision, compile, device, warmup, steps) 
 LOOPS = {"torch": torch_loop, "jax": jax_loop}
 
 
-def run(backend, variant, mode, batch_size, precision, compile, device, warmup=5, windows=5, steps=10) -> dict:
+def run(config: dict) -> dict:
     """Time windows x steps steps in one plain loop (in the backend's own process); never raises."""
-    b = backends.get(backend)
+    backend = config["backend"]
     if backend not in LOOPS:
         return {"status": "skipped", "reason": f"no independent loop for {backend} (only {sorted(LOOPS)})"}
-    if importlib.util.find_spec(b.framework) is None:
-        return {"status": "skipped", "reason": f"{b.framework} is not installed for {sys.executable}"}
-    n = windows * steps
+    missing = processes.missing_here(backend)
+    if missing:
+        return {"status": "skipped", "reason": f"{', '.join(missing)} not installed for {sys.executable}"}
+    n = config["windows"] * config["steps"]
     try:
-        seconds = LOOPS[backend](specs.get(variant), mode, batch_size, precision, compile, device, warmup, n)
+        seconds = LOOPS[backend](specs.get(config["variant"]), config, n)
     except Exception as e:
         return {"status": "error", "reason": f"{type(e).__name__}: {e}"[:2000]}
-    return {"status": "ok", "images_per_second": batch_size * n / seconds, "seconds": seconds, "steps": n}
+    return {"status": "ok", "images_per_second": config["batch_size"] * n / seconds, "seconds": seconds, "steps": n}
 
 
 def check(results: list[dict], timeout: float | None = None) -> list[dict]:
     """Time every "ok" result again in a fresh process of its backend; adds r["verify"] to each."""
-    keys = ("backend", "variant", "mode", "batch_size", "precision", "compile", "device", "warmup", "windows", "steps")
     for r in results:
         if r["status"] != "ok":
             continue
-        loop = worker.call(worker.command("benchmarks.verify_timing", {k: r[k] for k in keys}), timeout)
+        config = {k: r[k] for k in worker.CONFIG_KEYS}
+        loop = processes.call(r["backend"], "benchmarks.verify_timing", worker.arguments(config), timeout)
         if loop["status"] == "ok":
             ratio = r["images_per_second"] / loop["images_per_second"]
             loop.update(ratio=ratio, agrees=abs(ratio - 1) <= TOLERANCE, tolerance=TOLERANCE)
@@ -211,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.backend:
         parser.error("--backend is needed (or --compare)")
     with contextlib.redirect_stdout(sys.stderr):
-        result = run(**worker.config_from_args(args))
-    print(json.dumps(result), flush=True)
+        result = run(worker.config_from_args(args))
+    processes.print_result(result)
     return 0
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock, out_size
+from .spec import NetSpec, walk
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
@@ -46,54 +46,40 @@ class LayerInfo:
 
     @property
     def elements(self) -> int:
-        n = 1
-        for d in self.output_shape:
-            n *= d
-        return n
+        return _prod(self.output_shape)
 
 
 def layers(spec: NetSpec) -> list[LayerInfo]:
     """Every operation of one forward pass of one input, in order (convs, BN, ReLU listed apart)."""
-    c, h, w = spec.input_shape
     out: list[LayerInfo] = []
-    counts = {"pool": 0, "dropout": 0, "gap": 0, "flatten": 0}
-    for i, layer in enumerate(spec.layers):
-        if isinstance(layer, NiNBlock):
-            b = sum(isinstance(l, NiNBlock) for l in spec.layers[:i])
-            for j, (oc, k, s, p) in enumerate(layer.convs):
-                oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
-                n_in, n_out = c * h * w, oc * oh * ow
-                params = oc * c * k * k + (0 if layer.batch_norm else oc)  # no bias before batch norm
-                out.append(LayerInfo(i, f"block{b}.conv{j}", "conv", (oc, oh, ow), params, 0,
-                                     n_out * c * k * k, 0, n_out, n_in + n_out + params))
-                if layer.batch_norm:
-                    out.append(LayerInfo(i, f"block{b}.bn{j}", "batch_norm", (oc, oh, ow), 2 * oc, 2 * oc,
-                                         0, 0, n_out, 2 * n_out + 4 * oc))
-                if j < len(layer.convs) - 1 or layer.relu_last:
-                    out.append(LayerInfo(i, f"block{b}.relu{j}", "relu", (oc, oh, ow), 0, 0, 0, 0, n_out, 2 * n_out))
-                c, h, w = oc, oh, ow
-        elif isinstance(layer, MaxPool):
-            oh, ow = (out_size(n, layer.kernel, layer.stride, layer.padding) for n in (h, w))
-            n_out = c * oh * ow
-            out.append(LayerInfo(i, f"pool{counts['pool']}", "max_pool", (c, oh, ow), 0, 0, 0,
-                                 n_out * layer.kernel * layer.kernel, n_out, c * h * w + n_out))
-            counts["pool"] += 1
-            h, w = oh, ow
-        elif isinstance(layer, Dropout):
-            n = c * h * w
-            out.append(LayerInfo(i, f"dropout{counts['dropout']}", "dropout", (c, h, w) if h else (c,),
-                                 0, 0, 0, 0, n, 2 * n))
-            counts["dropout"] += 1
-        elif isinstance(layer, GlobalAvgPool):
-            out.append(LayerInfo(i, f"gap{counts['gap']}", "global_avg_pool", (c, 1, 1), 0, 0, 0,
-                                 c * h * w, c, c * h * w + c))
-            counts["gap"] += 1
-            h, w = 1, 1
-        elif isinstance(layer, Flatten):
-            out.append(LayerInfo(i, f"flatten{counts['flatten']}", "flatten", (c,), 0, 0, 0, 0, 0, 0))
-            counts["flatten"] += 1
-            h, w = 0, 0
+    bias = {f"block{b}": not block.batch_norm for b, block in spec.blocks()}  # none before batch norm
+    for op in walk(spec):
+        n_in, n_out = _prod(op.in_shape), _prod(op.out_shape)
+        c, k = op.in_shape[0], op.kernel_size
+        if op.kind == "conv":
+            oc = op.out_shape[0]
+            params = oc * c * k * k + (oc if bias[op.name.split(".")[0]] else 0)
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, params, 0, n_out * c * k * k, 0, n_out,
+                                 n_in + n_out + params))
+        elif op.kind == "batch_norm":
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, 2 * c, 2 * c, 0, 0, n_out,
+                                 2 * n_out + 4 * c))
+        elif op.kind in ("relu", "dropout"):
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, 0, 0, 0, 0, n_out, 2 * n_out))
+        elif op.kind == "max_pool":
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, 0, 0, 0, n_out * k * k, n_out, n_in + n_out))
+        elif op.kind == "global_avg_pool":
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, 0, 0, 0, n_in, c, n_in + c))
+        else:  # flatten: a view, stores nothing
+            out.append(LayerInfo(op.index, op.name, op.kind, op.out_shape, 0, 0, 0, 0, 0, 0))
     return out
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def layer_output_shapes(spec: NetSpec) -> list[tuple[int, ...]]:
@@ -204,7 +190,7 @@ def spec_layers(spec: NetSpec) -> list[dict]:
     return rows
 
 
-def traffic_bytes_per_image(spec: NetSpec, batch_size: int, dtype: str = "float32", train: bool = False,
+def traffic_bytes_per_image(spec: NetSpec, batch_size: int, dtype: str = "float32", *, train: bool = False,
                             momentum: bool = False) -> float:
     """Bytes one image costs the memory system, for the roofline. Activations: what each op reads and
     writes (3x in training: the forward, then a backward that reads them and writes their gradients).

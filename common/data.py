@@ -1,9 +1,12 @@
 """Fashion-MNIST in NumPy: find or download the four IDX files, verify them, batch and resize.
 
-Where the files are looked for, in order: the `data_dir` argument, $NIN_DATA_DIR,
-~/.cache/nin/fashion-mnist. Missing files are downloaded there (when `download=True`) and every
-file is verified by the sha256 of its decompressed IDX content (gzip headers differ between
-mirrors; the content does not). A file that fails verification is an error that names it.
+Where the files are looked for, the same way by every command: the `data_dir` argument when one is
+given; otherwise $NIN_DATA_DIR, then a copy beside the checkout (../shared/data/fashion-mnist, as on
+the project's CI machines), then ~/.cache/nin/fashion-mnist. Missing files are downloaded into the
+first of these that is writable, $NIN_DATA_DIR or the cache (when `download=True`), and every file
+is verified by the sha256 of its decompressed IDX content (gzip headers differ between mirrors; the
+content does not). A file that fails verification, or cannot be found, is an error that names the
+file and every folder that was searched.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import gzip
 import hashlib
 import os
 import urllib.request
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from .fsio import atomic_write_bytes
 from .spec import NetSpec
 
 FILES = {  # name -> sha256 of the decompressed IDX bytes
@@ -36,8 +41,30 @@ class DataError(RuntimeError):
     """A data file that is missing, corrupt or cannot be fetched; the message names the file."""
 
 
+BESIDE_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fashion-mnist"
+
+
+def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """The folders looked in, in order; the first is where downloads go."""
+    if data_dir:
+        return [Path(data_dir)]
+    cache = Path.home() / ".cache" / "nin" / "fashion-mnist"
+    env = os.environ.get("NIN_DATA_DIR")
+    return ([Path(env)] if env else []) + [BESIDE_CHECKOUT, cache]
+
+
 def default_dir() -> Path:
-    return Path(os.environ.get("NIN_DATA_DIR") or Path.home() / ".cache" / "nin" / "fashion-mnist")
+    """The first folder that holds the four files, else where they would be downloaded."""
+    dirs = search_dirs()
+    for d in dirs:
+        if not missing_files(d):
+            return d
+    return dirs[0] if os.environ.get("NIN_DATA_DIR") else dirs[-1]
+
+
+def missing_files(data_dir: str | Path) -> list[str]:
+    """The Fashion-MNIST files (by name, .gz or not) that `data_dir` lacks."""
+    return [name for name in FILES if _find(name, Path(data_dir)) is None]
 
 
 def _find(name: str, data_dir: Path) -> Path | None:
@@ -47,12 +74,19 @@ def _find(name: str, data_dir: Path) -> Path | None:
     return None
 
 
+def _decompress(raw: bytes, path: Path) -> bytes:
+    try:
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip magic, whatever the name
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a damaged stream is zlib's
+        raise DataError(f"{path}: cannot be decompressed ({e}); delete it to download it again") from None
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip magic, whatever the name
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot be read or decompressed ({e}); delete it to download it again") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return _decompress(raw, path)
 
 
 def _verify(name: str, raw: bytes, path: Path) -> None:
@@ -68,18 +102,16 @@ def _download(name: str, data_dir: Path) -> Path:
     errors = []
     for mirror in MIRRORS:
         url = mirror + f"{name}.gz"
-        tmp = target.with_name(target.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                f.write(r.read())
-            _verify(name, _read_bytes(tmp), tmp)
-            tmp.replace(target)
+            with urllib.request.urlopen(url, timeout=60) as r:
+                payload = r.read()
+            _verify(name, _decompress(payload, Path(url)), Path(url))
+            atomic_write_bytes(target, payload)
             return target
         except (OSError, DataError) as e:
             errors.append(f"{url}: {e}")
-            tmp.unlink(missing_ok=True)
     raise DataError(f"could not download {name}.gz into {data_dir}:\n  " + "\n  ".join(errors)
-                    + f"\nPut the file there by hand, or set NIN_DATA_DIR to a folder that has it.")
+                    + "\nPut the file there by hand, or set NIN_DATA_DIR to a folder that has it.")
 
 
 def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
@@ -98,15 +130,17 @@ def load(split: str = "train", data_dir: str | Path | None = None, download: boo
     prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
     if prefix is None:
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    data_dir = Path(data_dir) if data_dir else default_dir()
+    dirs = search_dirs(data_dir)
     arrays = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         name = f"{prefix}-{kind}"
-        path = _find(name, data_dir)
+        path = next((p for p in (_find(name, d) for d in dirs) if p), None)
         if path is None:
+            looked = ", ".join(str(d) for d in dirs)
             if not download:
-                raise DataError(f"{name}(.gz) is not in {data_dir} and download=False")
-            path = _download(name, data_dir)
+                raise DataError(f"{name}(.gz) is not in {looked} and download=False")
+            target = dirs[0] if data_dir or os.environ.get("NIN_DATA_DIR") else dirs[-1]
+            path = _download(name, target)
         raw = _read_bytes(path)
         _verify(name, raw, path)
         arrays.append(_parse_idx(raw, path))
@@ -150,7 +184,7 @@ def batches(images: np.ndarray, labels: np.ndarray, spec: NetSpec, batch_size: i
         yield preprocess(images[idx], spec), labels[idx].astype(np.int32)
 
 
-def fixed_batches(spec: NetSpec, steps: int, batch_size: int, data_dir=None, download: bool = True):
+def fixed_batches(spec: NetSpec, steps: int, batch_size: int, data_dir=None, *, download: bool = True):
     """The first steps * batch_size training images, in file order: the conformance training run."""
     images, labels = load("train", data_dir, download)
     return list(batches(images[:steps * batch_size], labels[:steps * batch_size], spec, batch_size))

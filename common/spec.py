@@ -11,21 +11,29 @@ The layer kinds are the five the chapter's code uses:
     Flatten        (C, 1, 1) -> (C,)
 
 Every backend's `build(spec)` loops over `spec.layers` and writes its framework's own code.
-`validate` (called by `NetSpec.__post_init__`) rejects a spec that cannot work with one
-message that names the layer and the sizes.
+`walk(spec)` is the one loop that follows the sizes through a spec: validation, the calculator
+and the reference read the network through it. A spec that cannot work is rejected with one
+message that names the field (`layers[3].padding`) or the layer and its sizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+
+# Bounds on what a spec may ask for: a spec is input, and input must not ask for days of work.
+MAX_SIZE = 4096  # input height / width
+MAX_CHANNELS = 65536
+MAX_LAYERS = 256
+MAX_KERNEL = 64
 
 
 class SpecError(ValueError):
-    """A network spec that cannot be built; the message names the layer and the sizes."""
+    """A network spec that cannot be built; the message names the field or the layer and the sizes."""
 
 
 @dataclass(frozen=True)
@@ -37,30 +45,30 @@ class BatchNorm:
 
 @dataclass(frozen=True)
 class NiNBlock:
-    channels: int  # output channels of the k x k conv
-    kernel: int
+    out_channels: int  # of the k x k conv (the chapter's nin_block argument)
+    kernel_size: int
     stride: int
     padding: int
-    mlp: tuple[int, ...]  # output channels of the 1x1 convs that follow it
+    mlp: tuple[int, ...]  # out_channels of the 1x1 convs that follow it
     batch_norm: bool = False  # conv -> BN -> ReLU (the d2l-bn ablation)
     relu_last: bool = True  # the chapter's net ends in a ReLU; d2l-linear-head switches it off
     kind = "nin_block"
 
     @property
     def convs(self) -> tuple[tuple[int, int, int, int], ...]:
-        """(out_channels, kernel, stride, padding) of each conv in the block, in order."""
-        return ((self.channels, self.kernel, self.stride, self.padding),) + tuple(
-            (c, 1, 1, 0) for c in self.mlp
-        )
+        """(out_channels, kernel_size, stride, padding) of each conv in the block, in order."""
+        return ((self.out_channels, self.kernel_size, self.stride, self.padding),) + tuple(
+            (c, 1, 1, 0) for c in self.mlp)
 
     @property
-    def out_channels(self) -> int:
-        return self.mlp[-1] if self.mlp else self.channels
+    def final_channels(self) -> int:
+        """Channels that leave the block: the last 1x1 conv's, or the k x k conv's when there is none."""
+        return self.mlp[-1] if self.mlp else self.out_channels
 
 
 @dataclass(frozen=True)
 class MaxPool:
-    kernel: int
+    kernel_size: int
     stride: int
     padding: int = 0  # zero padding: equals -inf padding only because the input is post-ReLU
     kind = "max_pool"
@@ -82,8 +90,9 @@ class Flatten:
     kind = "flatten"
 
 
-Layer = Union[NiNBlock, MaxPool, Dropout, GlobalAvgPool, Flatten]
+Layer = NiNBlock | MaxPool | Dropout | GlobalAvgPool | Flatten
 LAYER_TYPES: dict[str, type] = {t.kind: t for t in (NiNBlock, MaxPool, Dropout, GlobalAvgPool, Flatten)}
+INITS = ("xavier_uniform", "normal")
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ class NetSpec:
     input_shape: tuple[int, int, int]  # (C, H, W); each backend converts to its own layout
     num_classes: int
     layers: tuple[Layer, ...]
-    init: str = "xavier_uniform"  # the chapter asks for Xavier; see common.weights.INITIALIZERS
+    init: str = "xavier_uniform"  # the chapter asks for Xavier; see common.weights.init
     init_std: float = 0.05  # used by init="normal" only: the paper's Gaussian std
     bn_eps: float = 1e-5  # pinned: Keras's default is 1e-3, the others' 1e-5
     bn_momentum: float = 0.9  # share of the running statistic kept per step (PyTorch momentum = 0.1)
@@ -108,18 +117,16 @@ class NetSpec:
         return enumerate(layer for layer in self.layers if isinstance(layer, NiNBlock))
 
     def conv_layers(self) -> Iterator[tuple[str, int, int, int, int, int]]:
-        """(weight prefix, in_ch, out_ch, kernel, stride, padding) of every conv, in order."""
-        in_ch = self.input_shape[0]
-        for b, block in self.blocks():
-            for j, (out_ch, k, s, p) in enumerate(block.convs):
-                yield f"block{b}.conv{j}", in_ch, out_ch, k, s, p
-                in_ch = out_ch
+        """(weight prefix, in_channels, out_channels, kernel_size, stride, padding) of every conv."""
+        for op in walk(self):
+            if op.kind == "conv":
+                yield op.name, op.in_shape[0], op.out_shape[0], op.kernel_size, op.stride, op.padding
 
     def norm(self, block: NiNBlock) -> BatchNorm | None:
         """The batch-norm settings for a block's convs, or None when the block has none."""
         return BatchNorm(self.bn_eps, self.bn_momentum) if block.batch_norm else None
 
-    def with_dropout(self, rate: float) -> "NetSpec":
+    def with_dropout(self, rate: float) -> NetSpec:
         """The same network with every dropout rate replaced (0.0: dropout off for conformance)."""
         layers = tuple(Dropout(rate) if isinstance(l, Dropout) else l for l in self.layers)
         return dataclasses.replace(self, layers=layers)
@@ -135,37 +142,58 @@ class NetSpec:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "spec") -> "NetSpec":
-        if not isinstance(data, dict):
-            raise SpecError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SpecError(f"{source}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
-        missing = {"name", "input_shape", "num_classes", "layers"} - set(data)
-        if missing:
-            raise SpecError(f"{source}: missing field(s) {sorted(missing)}")
-        if not isinstance(data["layers"], list):
-            raise SpecError(f"{source}: 'layers' must be a list, got {type(data['layers']).__name__}")
-        layers = [_layer_from_dict(i, d, source) for i, d in enumerate(data["layers"])]
+    def from_dict(cls, data, source: str = "spec") -> NetSpec:
+        """Check every field's type and range first (the message names the field's path), then the sizes."""
+        _check_type(data, dict, source, "the spec")
+        known = [f.name for f in dataclasses.fields(cls)]
+        _check_keys(data, known, ["name", "input_shape", "num_classes", "layers"], source=source, where="")
+        kwargs = {"name": _string(data["name"], f"{source}: name")}
         shape = data["input_shape"]
-        if not (isinstance(shape, (list, tuple)) and len(shape) == 3):
-            raise SpecError(f"{source}: input_shape must be [C, H, W], got {shape!r}")
-        kwargs = {**data, "layers": layers, "input_shape": tuple(shape)}
+        if not (isinstance(shape, list) and len(shape) == 3):
+            raise SpecError(f"{source}: input_shape: expected [C, H, W], got {_show(shape)}")
+        kwargs["input_shape"] = tuple(_integer(v, f"{source}: input_shape[{i}]", 1, MAX_SIZE if i else MAX_CHANNELS)
+                                      for i, v in enumerate(shape))
+        kwargs["num_classes"] = _integer(data["num_classes"], f"{source}: num_classes", 1, MAX_CHANNELS)
+        layers = data["layers"]
+        _check_type(layers, list, f"{source}: layers", "a list of layer objects")
+        if len(layers) > MAX_LAYERS:
+            raise SpecError(f"{source}: layers: {len(layers)} layers, at most {MAX_LAYERS} are allowed")
+        kwargs["layers"] = tuple(_layer_from_dict(d, f"{source}: layers[{i}]") for i, d in enumerate(layers))
+        if "init" in data:
+            init = _string(data["init"], f"{source}: init")
+            if init not in INITS:
+                raise SpecError(f"{source}: init: expected one of {list(INITS)}, got {init!r}")
+            kwargs["init"] = init
+        if "init_std" in data:
+            kwargs["init_std"] = _number(data["init_std"], f"{source}: init_std", 0.0, 10.0, low_open=True)
+        if "bn_eps" in data:
+            kwargs["bn_eps"] = _number(data["bn_eps"], f"{source}: bn_eps", 0.0, 1.0, low_open=True)
+        if "bn_momentum" in data:
+            kwargs["bn_momentum"] = _number(data["bn_momentum"], f"{source}: bn_momentum", 0.0, 1.0)
         try:
             return cls(**kwargs)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "NetSpec":
+    def from_json_file(cls, path: str | Path) -> NetSpec:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise SpecError(f"spec file {path} does not exist") from None
+        except IsADirectoryError:
+            raise SpecError(f"spec file {path} is a directory, not a JSON file") from None
+        except UnicodeDecodeError as e:
+            raise SpecError(f"spec file {path} is not UTF-8 text (byte {e.start}): not a JSON spec") from None
+        except OSError as e:
+            raise SpecError(f"spec file {path} cannot be read: {e.strerror}") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise SpecError(f"spec file {path} is nested too deeply to be a spec") from None
         return cls.from_dict(data, source=str(path))
 
 
@@ -176,105 +204,242 @@ def _fields(layer: Layer) -> dict:
     return d
 
 
-def _layer_from_dict(i: int, d: dict, source: str) -> Layer:
+# --- the schema: types and ranges, with the field's path in every message --------------------
+def _show(value) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, bool, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_type(value, kind: type, where: str, expected: str) -> None:
+    if not isinstance(value, kind):
+        raise SpecError(f"{where}: expected {expected}, got {_show(value)}")
+
+
+def _check_keys(data: dict, known: list[str], required: list[str], *, source: str, where: str) -> None:
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise SpecError(f"{source}: {where}unknown field(s) {unknown}; expected some of {known}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise SpecError(f"{source}: {where}missing field(s) {missing}")
+
+
+def _string(value, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 100:
+        raise SpecError(f"{where}: expected a non-empty string of at most 100 characters, got {_show(value)}")
+    return value
+
+
+def _integer(value, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(f"{where}: expected an integer from {low} to {high}, got {_show(value)}")
+    return value
+
+
+def _number(value, where: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise SpecError(f"{where}: expected a number in {interval}, got {_show(value)}")
+    return float(value)
+
+
+def _boolean(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: expected true or false, got {_show(value)}")
+    return value
+
+
+def _layer_from_dict(d, where: str) -> Layer:
     if not isinstance(d, dict) or "type" not in d:
-        raise SpecError(f"{source}: layer {i} must be an object with a 'type', got {d!r}")
+        raise SpecError(f"{where}: expected an object with a 'type', got {_show(d)}")
     kind = d["type"]
     if kind not in LAYER_TYPES:
-        raise SpecError(f"{source}: layer {i} has unknown type {kind!r}; expected one of {sorted(LAYER_TYPES)}")
+        raise SpecError(f"{where}.type: expected one of {sorted(LAYER_TYPES)}, got {_show(kind)}")
     cls = LAYER_TYPES[kind]
-    args = {k: v for k, v in d.items() if k != "type"}
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(args) - names:
-        raise SpecError(f"{source}: layer {i} ({kind}) has unknown field(s) {sorted(set(args) - names)}; "
-                        f"expected {sorted(names)}")
-    if "mlp" in args:
-        if not isinstance(args["mlp"], list):
-            raise SpecError(f"{source}: layer {i} ({kind}) field 'mlp' must be a list, got {args['mlp']!r}")
-        args["mlp"] = tuple(args["mlp"])
-    try:
-        return cls(**args)
-    except TypeError as e:
-        raise SpecError(f"{source}: layer {i} ({kind}): {e}") from None
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    unknown = [k for k in d if k != "type" and k not in names]
+    if unknown:
+        raise SpecError(f"{where} ({kind}): unknown field(s) {unknown}; expected {names}")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise SpecError(f"{where} ({kind}): missing field(s) {missing}")
+    args = {}
+    for name in names:
+        if name not in d:
+            continue
+        value, at = d[name], f"{where}.{name}"
+        if name == "mlp":
+            _check_type(value, list, at, "a list of channel counts")
+            args[name] = tuple(_integer(c, f"{at}[{i}]", 1, MAX_CHANNELS) for i, c in enumerate(value))
+        elif name in ("batch_norm", "relu_last"):
+            args[name] = _boolean(value, at)
+        elif name == "rate":
+            args[name] = _number(value, at, 0.0, 1.0, high_open=True)
+        elif name == "padding":
+            args[name] = _integer(value, at, 0, MAX_KERNEL)
+        elif name == "out_channels":
+            args[name] = _integer(value, at, 1, MAX_CHANNELS)
+        else:  # kernel_size, stride
+            args[name] = _integer(value, at, 1, MAX_KERNEL if name == "kernel_size" else MAX_SIZE)
+    return cls(**args)
+
+
+# --- the one walk through a spec's sizes -------------------------------------------------------
+def out_size(n: int, kernel_size: int, stride: int, padding: int) -> int:
+    """floor((n + 2p - k) / s) + 1: rows a window cannot fully cover are never visited."""
+    return (n + 2 * padding - kernel_size) // stride + 1
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the forward pass, with the sizes around it. `index` is its entry in spec.layers."""
+    index: int
+    kind: str  # conv, batch_norm, relu, max_pool, dropout, global_avg_pool, flatten
+    name: str  # block0.conv1, block0.bn1, block0.relu1, pool0, dropout0, gap0, flatten0
+    in_shape: tuple[int, ...]  # (C, H, W), or (C,) after flatten
+    out_shape: tuple[int, ...]
+    kernel_size: int = 0
+    stride: int = 0
+    padding: int = 0
+
+
+def walk(spec: NetSpec) -> Iterator[Op]:
+    """Every operation of one forward pass, in order, with its input and output shape. Raises
+    SpecError at the first operation whose window does not fit (its output would be empty)."""
+    shape: tuple[int, ...] = tuple(spec.input_shape)
+    counts = {"pool": 0, "dropout": 0, "gap": 0, "flatten": 0}
+    b = 0
+    for i, layer in enumerate(spec.layers):
+        where = f"layer {i} ({layer.kind})"
+        if isinstance(layer, NiNBlock):
+            for j, (oc, k, s, p) in enumerate(layer.convs):
+                c, h, w = shape
+                oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
+                if oh < 1 or ow < 1:
+                    raise SpecError(f"{spec.name}: {where}, conv {j}: a {k}x{k} kernel (stride {s}, padding {p}) "
+                                    f"does not fit its {c}x{h}x{w} input: the output would be {oc}x{oh}x{ow}")
+                out = (oc, oh, ow)
+                yield Op(i, "conv", f"block{b}.conv{j}", shape, out, k, s, p)
+                if layer.batch_norm:
+                    yield Op(i, "batch_norm", f"block{b}.bn{j}", out, out)
+                if j < len(layer.convs) - 1 or layer.relu_last:
+                    yield Op(i, "relu", f"block{b}.relu{j}", out, out)
+                shape = out
+            b += 1
+        elif isinstance(layer, MaxPool):
+            c, h, w = shape
+            k, s, p = layer.kernel_size, layer.stride, layer.padding
+            oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
+            if oh < 1 or ow < 1:
+                raise SpecError(f"{spec.name}: {where}: a {k}x{k} window (stride {s}, padding {p}) does not fit "
+                                f"its {c}x{h}x{w} input: the output would be {c}x{oh}x{ow}")
+            yield Op(i, "max_pool", f"pool{counts['pool']}", shape, (c, oh, ow), k, s, p)
+            counts["pool"] += 1
+            shape = (c, oh, ow)
+        elif isinstance(layer, Dropout):
+            yield Op(i, "dropout", f"dropout{counts['dropout']}", shape, shape)
+            counts["dropout"] += 1
+        elif isinstance(layer, GlobalAvgPool):
+            yield Op(i, "global_avg_pool", f"gap{counts['gap']}", shape, (shape[0], 1, 1))
+            counts["gap"] += 1
+            shape = (shape[0], 1, 1)
+        elif isinstance(layer, Flatten):
+            yield Op(i, "flatten", f"flatten{counts['flatten']}", shape, (shape[0],))
+            counts["flatten"] += 1
+            shape = (shape[0],)
 
 
 # --- validation --------------------------------------------------------------------------
-def _positive_int(value, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"{what} must be a positive integer, got {value!r}")
+def _positive_int(value, what: str, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise SpecError(f"{what} must be an integer from 1 to {high}, got {value!r}")
 
 
-def out_size(n: int, kernel: int, stride: int, padding: int) -> int:
-    """floor((n + 2p - k) / s) + 1: rows a window cannot fully cover are never visited."""
-    return (n + 2 * padding - kernel) // stride + 1
+def _check_layer(layer, where: str) -> None:
+    """Types and ranges of one layer built in Python (from_dict has checked JSON already)."""
+    if not isinstance(layer, tuple(LAYER_TYPES.values())):
+        raise SpecError(f"{where}: unknown layer type {type(layer).__name__}; expected one of {sorted(LAYER_TYPES)}")
+    if isinstance(layer, NiNBlock):
+        if not isinstance(layer.mlp, tuple):
+            raise SpecError(f"{where}: mlp must be a tuple of channel counts, got {layer.mlp!r}")
+        for flag in ("batch_norm", "relu_last"):
+            if not isinstance(getattr(layer, flag), bool):
+                raise SpecError(f"{where}: {flag} must be True or False, got {getattr(layer, flag)!r}")
+        for j, (oc, k, s, p) in enumerate(layer.convs):
+            conv = f"{where}, conv {j}"
+            _positive_int(oc, f"{conv}: out_channels", MAX_CHANNELS)
+            _positive_int(k, f"{conv}: kernel_size", MAX_KERNEL)
+            _positive_int(s, f"{conv}: stride", MAX_SIZE)
+            if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+                raise SpecError(f"{conv}: padding must be a non-negative integer, got {p!r}")
+            if 2 * p > k:
+                raise SpecError(f"{conv}: padding {p} is more than half the kernel_size {k}: "
+                                "outputs would see only padding")
+    elif isinstance(layer, MaxPool):
+        _positive_int(layer.kernel_size, f"{where}: kernel_size", MAX_KERNEL)
+        _positive_int(layer.stride, f"{where}: stride", MAX_SIZE)
+        if isinstance(layer.padding, bool) or not isinstance(layer.padding, int) or layer.padding < 0:
+            raise SpecError(f"{where}: padding must be a non-negative integer, got {layer.padding!r}")
+        if 2 * layer.padding > layer.kernel_size:
+            raise SpecError(f"{where}: padding {layer.padding} is more than half the kernel_size {layer.kernel_size}")
+    elif isinstance(layer, Dropout):
+        rate = layer.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise SpecError(f"{where}: rate must be in [0, 1), got {rate!r}")
 
 
 def validate(spec: NetSpec) -> None:
-    """Walk the spec as the calculator does and raise SpecError at the first layer that cannot work."""
+    """Types and ranges of every field, then the walk through the sizes; raise SpecError at the
+    first thing that cannot work."""
     if not isinstance(spec.name, str) or not spec.name:
         raise SpecError(f"name must be a non-empty string, got {spec.name!r}")
+    if len(spec.input_shape) != 3:
+        raise SpecError(f"{spec.name}: input_shape must be (C, H, W), got {spec.input_shape!r}")
     c, h, w = spec.input_shape
-    for what, v in (("input channels", c), ("input height", h), ("input width", w)):
-        _positive_int(v, f"{spec.name}: {what}")
-    _positive_int(spec.num_classes, f"{spec.name}: num_classes")
-    if spec.init not in ("xavier_uniform", "normal"):
-        raise SpecError(f"{spec.name}: init must be 'xavier_uniform' or 'normal', got {spec.init!r}")
+    _positive_int(c, f"{spec.name}: input channels", MAX_CHANNELS)
+    _positive_int(h, f"{spec.name}: input height", MAX_SIZE)
+    _positive_int(w, f"{spec.name}: input width", MAX_SIZE)
+    _positive_int(spec.num_classes, f"{spec.name}: num_classes", MAX_CHANNELS)
+    if spec.init not in INITS:
+        raise SpecError(f"{spec.name}: init must be one of {list(INITS)}, got {spec.init!r}")
+    for field, low, high in (("init_std", 0.0, 10.0), ("bn_eps", 0.0, 1.0), ("bn_momentum", -1e-300, 1.0)):
+        v = getattr(spec, field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
+            raise SpecError(f"{spec.name}: {field} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
     if not spec.layers:
         raise SpecError(f"{spec.name}: a network needs at least one layer")
+    if len(spec.layers) > MAX_LAYERS:
+        raise SpecError(f"{spec.name}: {len(spec.layers)} layers, at most {MAX_LAYERS} are allowed")
     flat = False
     post_relu = False  # padded max pooling is exact in every framework only on non-negative input
     for i, layer in enumerate(spec.layers):
         where = f"{spec.name}: layer {i} ({getattr(layer, 'kind', type(layer).__name__)})"
-        if not isinstance(layer, tuple(LAYER_TYPES.values())):
-            raise SpecError(f"{where}: unknown layer type {type(layer).__name__}; expected one of {sorted(LAYER_TYPES)}")
+        _check_layer(layer, where)
         if flat and not isinstance(layer, Dropout):
             raise SpecError(f"{where}: comes after flatten; only dropout may follow it")
         if isinstance(layer, NiNBlock):
-            if not isinstance(layer.mlp, tuple):
-                raise SpecError(f"{where}: mlp must be a tuple of channel counts, got {layer.mlp!r}")
-            for j, (oc, k, s, p) in enumerate(layer.convs):
-                conv = f"{where}, conv {j}"
-                _positive_int(oc, f"{conv}: channel count")
-                _positive_int(k, f"{conv}: kernel size")
-                _positive_int(s, f"{conv}: stride")
-                if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-                    raise SpecError(f"{conv}: padding must be a non-negative integer, got {p!r}")
-                oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
-                if oh < 1 or ow < 1:
-                    raise SpecError(f"{conv}: a {k}x{k} kernel (stride {s}, padding {p}) does not fit its "
-                                    f"{c}x{h}x{w} input: the output would be {oc}x{oh}x{ow}")
-                c, h, w = oc, oh, ow
             post_relu = layer.relu_last
-        elif isinstance(layer, MaxPool):
-            _positive_int(layer.kernel, f"{where}: kernel size")
-            _positive_int(layer.stride, f"{where}: stride")
-            if isinstance(layer.padding, bool) or not isinstance(layer.padding, int) or layer.padding < 0:
-                raise SpecError(f"{where}: padding must be a non-negative integer, got {layer.padding!r}")
-            if 2 * layer.padding > layer.kernel:
-                raise SpecError(f"{where}: padding {layer.padding} is more than half the kernel {layer.kernel}")
-            if layer.padding and not post_relu:
-                raise SpecError(f"{where}: padding {layer.padding} needs a post-ReLU input (Keras pads with zeros, "
-                                "the others with -inf; the two agree only on non-negative values)")
-            oh, ow = (out_size(n, layer.kernel, layer.stride, layer.padding) for n in (h, w))
-            if oh < 1 or ow < 1:
-                raise SpecError(f"{where}: a {layer.kernel}x{layer.kernel} window (stride {layer.stride}, "
-                                f"padding {layer.padding}) does not fit its {c}x{h}x{w} input: "
-                                f"the output would be {c}x{oh}x{ow}")
-            h, w = oh, ow
-        elif isinstance(layer, Dropout):
-            if isinstance(layer.rate, bool) or not isinstance(layer.rate, (int, float)) or not 0 <= layer.rate < 1:
-                raise SpecError(f"{where}: rate must be in [0, 1), got {layer.rate!r}")
-        elif isinstance(layer, GlobalAvgPool):
-            h, w = 1, 1
+        elif isinstance(layer, MaxPool) and layer.padding and not post_relu:
+            raise SpecError(f"{where}: padding {layer.padding} needs a post-ReLU input (Keras pads with zeros, "
+                            "the others with -inf; the two agree only on non-negative values)")
         elif isinstance(layer, Flatten):
-            if (h, w) != (1, 1):
-                raise SpecError(f"{where}: flatten needs a {c}x1x1 input (add global_avg_pool first), got {c}x{h}x{w}")
             flat = True
+    shape = tuple(spec.input_shape)
+    for op in walk(spec):
+        if op.kind == "flatten" and op.in_shape[1:] != (1, 1):
+            c, h, w = op.in_shape
+            raise SpecError(f"{spec.name}: layer {op.index} (flatten): flatten needs a {c}x1x1 input "
+                            f"(add global_avg_pool first), got {c}x{h}x{w}")
+        shape = op.out_shape
     if not flat:
         raise SpecError(f"{spec.name}: the network must end with flatten (after global_avg_pool), "
-                        f"but its output is {c}x{h}x{w}")
-    if c != spec.num_classes:
-        raise SpecError(f"{spec.name}: the network ends with {c} features but num_classes is {spec.num_classes}")
+                        f"but its output is {'x'.join(map(str, shape))}")
+    if shape[0] != spec.num_classes:
+        raise SpecError(f"{spec.name}: the network ends with {shape[0]} features but num_classes is {spec.num_classes}")
 
 
 # --- the named variants ------------------------------------------------------------------
@@ -283,17 +448,17 @@ def _d2l(name: str, last_block: NiNBlock | None = None, mlp_len: int = 2, **bloc
     def mlp(c: int) -> tuple[int, ...]:
         return (c,) * mlp_len
 
-    pool = MaxPool(kernel=3, stride=2)
+    pool = MaxPool(kernel_size=3, stride=2)
     return NetSpec(
         name=name,
         input_shape=(1, 224, 224),  # Fashion-MNIST resized, as in the chapter
         num_classes=10,
         layers=(
-            NiNBlock(96, kernel=11, stride=4, padding=0, mlp=mlp(96), **block_kw), pool,
-            NiNBlock(256, kernel=5, stride=1, padding=2, mlp=mlp(256), **block_kw), pool,
-            NiNBlock(384, kernel=3, stride=1, padding=1, mlp=mlp(384), **block_kw), pool,
+            NiNBlock(96, kernel_size=11, stride=4, padding=0, mlp=mlp(96), **block_kw), pool,
+            NiNBlock(256, kernel_size=5, stride=1, padding=2, mlp=mlp(256), **block_kw), pool,
+            NiNBlock(384, kernel_size=3, stride=1, padding=1, mlp=mlp(384), **block_kw), pool,
             Dropout(0.5),
-            last_block or NiNBlock(10, kernel=3, stride=1, padding=1, mlp=mlp(10), **block_kw),
+            last_block or NiNBlock(10, kernel_size=3, stride=1, padding=1, mlp=mlp(10), **block_kw),
             GlobalAvgPool(), Flatten(),
         ),
     )
@@ -302,15 +467,15 @@ def _d2l(name: str, last_block: NiNBlock | None = None, mlp_len: int = 2, **bloc
 def _paper() -> NetSpec:
     """Lin et al.'s CIFAR-10 NiN. Caffe's pools round up (32 -> 16 -> 8); padding 1 does the same here.
     Dropout follows every mlpconv layer but the last, as the paper says."""
-    pool = MaxPool(kernel=3, stride=2, padding=1)
+    pool = MaxPool(kernel_size=3, stride=2, padding=1)
     return NetSpec(
         name="paper",
         input_shape=(3, 32, 32),
         num_classes=10,
         layers=(
-            NiNBlock(192, kernel=5, stride=1, padding=2, mlp=(160, 96)), pool, Dropout(0.5),
-            NiNBlock(192, kernel=5, stride=1, padding=2, mlp=(192, 192)), pool, Dropout(0.5),
-            NiNBlock(192, kernel=3, stride=1, padding=1, mlp=(192, 10)),
+            NiNBlock(192, kernel_size=5, stride=1, padding=2, mlp=(160, 96)), pool, Dropout(0.5),
+            NiNBlock(192, kernel_size=5, stride=1, padding=2, mlp=(192, 192)), pool, Dropout(0.5),
+            NiNBlock(192, kernel_size=3, stride=1, padding=1, mlp=(192, 10)),
             GlobalAvgPool(), Flatten(),  # over the remaining 8x8
         ),
         init="normal",
@@ -324,10 +489,11 @@ VARIANTS = {
     # Exercise 2: one 1x1 conv per block instead of two.
     "d2l-single-1x1": lambda: _d2l("d2l-single-1x1", mlp_len=1),
     # Exercise 4: 384 -> 10 in three steps (3x3 to 128, 1x1 to 32, 1x1 to 10) instead of one.
-    "d2l-gradual": lambda: _d2l("d2l-gradual", last_block=NiNBlock(128, kernel=3, stride=1, padding=1, mlp=(32, 10))),
+    "d2l-gradual": lambda: _d2l("d2l-gradual", last_block=NiNBlock(128, kernel_size=3, stride=1, padding=1,
+                                                                    mlp=(32, 10))),
     # The chapter's net without the ReLU after its last conv: logits may be negative.
-    "d2l-linear-head": lambda: _d2l(
-        "d2l-linear-head", last_block=NiNBlock(10, kernel=3, stride=1, padding=1, mlp=(10, 10), relu_last=False)),
+    "d2l-linear-head": lambda: _d2l("d2l-linear-head", last_block=NiNBlock(10, kernel_size=3, stride=1, padding=1,
+                                                                            mlp=(10, 10), relu_last=False)),
     # Batch normalisation between every conv and its ReLU.
     "d2l-bn": lambda: _d2l("d2l-bn", batch_norm=True),
 }
@@ -345,30 +511,24 @@ def get(name: str) -> NetSpec:
 # --- training recipes --------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
-    """What a training run needs besides the network. Defaults are the chapter's recipe."""
-    lr: float = 0.05  # the book's current value: 0.1 often kills the final ReLU (see DESIGN.md)
+    """The optimizer every backend builds: SGD with momentum and coupled weight decay."""
+    lr: float = 0.05  # the book's current value: 0.1 often kills the final ReLU (docs/numerics.md)
     momentum: float = 0.0  # the chapter uses plain SGD
     weight_decay: float = 0.0  # coupled L2, as PyTorch/Gluon/optax add_decayed_weights apply it
-    batch_size: int = 128
-    epochs: int = 10
-    seed: int = 0
-    resize: int = 224  # Fashion-MNIST's 28x28 resized to the spec's input
-    train_limit: int | None = None  # use only the first N training images (quick runs); None = all
-    test_limit: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("lr", "batch_size", "epochs"):
+        for name, low, high in (("lr", 0.0, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise SpecError(f"train config: {name} must be positive, got {v!r}")
-        if not 0 <= self.momentum < 1:
-            raise SpecError(f"train config: momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise SpecError(f"train config: weight_decay must be >= 0, got {self.weight_decay!r}")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (low < v <= high if name == "lr" else low <= v < high)
+            if not ok:
+                raise SpecError(f"train config: {name} must be a number in "
+                                f"{'(' if name == 'lr' else '['}{low:g}, {high:g}{']' if name == 'lr' else ')'}, "
+                                f"got {v!r}")
 
 
 RECIPES = {
-    "paper": TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-4, resize=32),  # the authors' CIFAR solver
+    "paper": TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-4),  # the authors' CIFAR solver
 }
 
 

@@ -8,12 +8,13 @@ Every backend loads and exports exactly this; files are safetensors (no pickle a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from .calc import param_shapes
+from .fsio import atomic_path
 from .spec import NetSpec
 
 
@@ -89,12 +90,9 @@ def check_shapes(expected: Mapping[str, tuple], weights: Mapping[str, np.ndarray
 def save(path: str | Path, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    tmp.replace(path)  # never leave a half-written file under the real name
+    with atomic_path(path) as tmp:  # never a half-written file under the real name
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(tmp),
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def load(path: str | Path, spec: NetSpec | None = None) -> dict[str, np.ndarray]:

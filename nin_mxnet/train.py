@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import mxnet as mx
 import numpy as np
@@ -11,9 +12,15 @@ from mxnet.gluon import nn
 
 from common.spec import TrainConfig
 
-from .model import _canonical_tensors, _device_of
+from .model import canonical_tensors, device_of, to_canonical, to_input
 
-_LOSS = gluon.loss.SoftmaxCrossEntropyLoss()  # per-sample losses, shape (batch,)
+PRECISIONS = ("fp32", "fp64", "fast")
+LOSS = gluon.loss.SoftmaxCrossEntropyLoss()  # per-sample losses, shape (batch,)
+
+
+def cross_entropy(logits: mx.nd.NDArray, labels: mx.nd.NDArray) -> mx.nd.NDArray:
+    """Softmax cross-entropy per example: Gluon's losses are not reduced over the batch."""
+    return LOSS(logits, labels)
 
 
 def make_optimizer(model: nn.Block, config: TrainConfig) -> gluon.Trainer:
@@ -25,38 +32,37 @@ def make_optimizer(model: nn.Block, config: TrainConfig) -> gluon.Trainer:
 
 
 def _batch(model: nn.Block, images: np.ndarray, labels: np.ndarray):
-    ctx = _device_of(model)
-    return mx.nd.array(images, ctx=ctx, dtype="float32"), mx.nd.array(labels, ctx=ctx, dtype="int32")
+    return to_input(model, images), mx.nd.array(labels, ctx=device_of(model), dtype="int32")
 
 
 def loss_and_grads(model: nn.Block, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy in training mode and its gradient for every trainable canonical tensor."""
     x, y = _batch(model, images, labels)
     with autograd.record():  # record() is training mode: dropout drops, batch norm uses batch statistics
-        loss = _LOSS(model(x), y).mean()
+        loss = cross_entropy(model(x), y).mean()
     loss.backward()
-    grads = {k: p.grad().astype("float32").asnumpy()
-             for k, p in _canonical_tensors(model).items() if p.grad_req != "null"}
+    grads = {k: to_canonical(k, p.grad()) for k, p in canonical_tensors(model).items() if p.grad_req != "null"}
     return loss.asscalar().item(), grads
 
 
-def train_step(model: nn.Block, trainer: gluon.Trainer, images: np.ndarray, labels: np.ndarray) -> float:
+def train_step(model: nn.Block, optimizer: gluon.Trainer, images: np.ndarray, labels: np.ndarray) -> float:
     x, y = _batch(model, images, labels)
     with autograd.record():
-        loss = _LOSS(model(x), y)  # summed by backward(); step(batch_size) rescales to the mean
+        loss = cross_entropy(model(x), y)  # summed by backward(); step(batch_size) rescales to the mean
     loss.backward()
-    trainer.step(x.shape[0])
+    optimizer.step(x.shape[0])
     return loss.mean().asscalar().item()
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:
-    """fp32: cuDNN autotuning off, deterministic kernels, TF32 off (conformance). fast: autotuning on.
+    """fp32 / fp64: cuDNN autotuning off, deterministic kernels, TF32 off (conformance). fast: autotuning on.
+    (fp64 is the model's dtype: build(dtype="float64") casts every parameter.)
 
     MXNet reads these environment variables when it creates an operator (autotuning, determinism)
     or a cuDNN / cuBLAS handle (NVIDIA_TF32_OVERRIDE): set them before building a model."""
-    if precision not in ("fp32", "fast"):
-        raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
-    strict = precision == "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    strict = precision != "fast"
     env = {
         "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0" if strict else "1",
         "MXNET_ENFORCE_DETERMINISM": "1" if strict else "0",
@@ -80,7 +86,6 @@ def device_name(device: str) -> str:
     if device == "gpu":
         from mxnet.runtime import Features  # the device's name is not exposed; name the build instead
         return f"GPU (CUDA {'on' if Features().is_enabled('CUDA') else 'off'})"
-    import platform
     return platform.processor() or platform.machine()
 
 

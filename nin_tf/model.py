@@ -1,25 +1,31 @@
-"""NiN in Keras 3 on TensorFlow: keras.Sequential blocks built from a common.spec.NetSpec, NHWC as Keras is."""
+"""NiN in Keras 3: keras.Sequential blocks built from a common.spec.NetSpec, NHWC as Keras is.
+
+Only `keras` is imported: the same file runs on Keras's TensorFlow, JAX and PyTorch backends
+(KERAS_BACKEND, set by the registry for keras-tf, keras-jax and keras-torch).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
-from common.weights import WeightsError, check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
+from common.weights import check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 
-FRAMEWORK = "tensorflow"
+FRAMEWORK = "keras"
 
 
-def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int,
+def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,
               mlp: tuple[int, ...] = (), relu_last: bool = True, norm: BatchNorm | None = None) -> keras.Sequential:
     """The chapter's block: a k x k conv, then 1x1 convs, each followed by ReLU."""
-    convs = [(in_channels, out_channels, kernel_size, strides, padding)]
+    convs = [(in_channels, out_channels, kernel_size, stride, padding)]
     for c in mlp:
         convs.append((convs[-1][1], c, 1, 1, 0))
     layers: list = [keras.Input((None, None, in_channels))]  # builds the weights now, as the others do
-    for j, (cin, cout, k, s, p) in enumerate(convs):
+    for j, (_, cout, k, s, p) in enumerate(convs):
         if p:
             layers.append(keras.layers.ZeroPadding2D(p))  # explicit: Keras 'same' differs for stride > 1
         layers.append(keras.layers.Conv2D(cout, kernel_size=k, strides=s, use_bias=norm is None))
@@ -30,48 +36,73 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: in
     return keras.Sequential(layers)
 
 
+def _gpu_visible() -> bool:
+    """Whether the Keras backend sees a GPU: each puts a new tensor there when it does (Keras has no
+    backend-neutral device list: keras.distribution exists for JAX and TensorFlow only)."""
+    device = str(getattr(keras.ops.zeros(()), "device", "")).lower()
+    return "gpu" in device or "cuda" in device
+
+
 def default_device(device: str | None = None) -> str:
-    """None: the first GPU when TensorFlow sees one, else the CPU; as a tf.device string."""
+    """None: the first GPU when the Keras backend sees one, else the CPU; as a keras.device name."""
     if device in (None, "gpu"):
-        if tf.config.list_physical_devices("GPU"):
-            return "/GPU:0"
+        if _gpu_visible():
+            return "gpu:0"
         if device == "gpu":
-            raise RuntimeError("device 'gpu' asked for, but tf.config.list_physical_devices('GPU') is empty")
-        return "/CPU:0"
-    return {"cpu": "/CPU:0"}.get(device, device)
+            raise RuntimeError(f"no GPU is visible to Keras's {keras.backend.backend()} backend "
+                               "(it places new tensors on the CPU)")
+        return "cpu:0"
+    return {"cpu": "cpu:0"}.get(device, device)
 
 
-def build(spec: NetSpec, device: str | None = None) -> keras.Sequential:
-    """One top-level layer per entry of spec.layers."""
+def _building_on(name: str):
+    """keras.device(name), or no scope where Keras puts tensors anyway: Keras 3.15's PyTorch backend
+    cannot create a Dropout layer (its integer seed state) inside keras.device."""
+    return contextlib.nullcontext() if name == default_device() else keras.device(name)
+
+
+def build(spec: NetSpec, *, device: str | None = None, dtype: str = "float32",
+          compiled: bool = False) -> keras.Sequential:
+    """One top-level layer per entry of spec.layers. compiled: the model's train and predict steps
+    run under jit_compile=True (XLA, jax.jit or torch.compile); otherwise eagerly (run_eagerly=True)."""
     c, h, w = spec.input_shape
     layers: list = [keras.Input((h, w, c))]
     channels = c
-    with tf.device(default_device(device)):
-        for layer in spec.layers:
-            if isinstance(layer, NiNBlock):
-                layers.append(nin_block(channels, layer.channels, layer.kernel, layer.stride, layer.padding,
-                                        mlp=layer.mlp, relu_last=layer.relu_last, norm=spec.norm(layer)))
-                channels = layer.out_channels
-            elif isinstance(layer, MaxPool):
-                pool = keras.layers.MaxPooling2D(layer.kernel, strides=layer.stride)
-                # Keras 'same' pads bottom / right only; pad both sides with zeros (the input is post-ReLU).
-                layers.append(keras.Sequential([keras.layers.ZeroPadding2D(layer.padding), pool])
-                              if layer.padding else pool)
-            elif isinstance(layer, Dropout):
-                layers.append(keras.layers.Dropout(layer.rate))
-            elif isinstance(layer, GlobalAvgPool):
-                layers.append(keras.layers.GlobalAveragePooling2D(keepdims=True))
-            elif isinstance(layer, Flatten):
-                layers.append(keras.layers.Flatten())
-        return keras.Sequential(layers)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)  # every layer built below computes and stores in dtype
+    try:
+        with _building_on(default_device(device)):
+            for layer in spec.layers:
+                if isinstance(layer, NiNBlock):
+                    layers.append(nin_block(channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                            padding=layer.padding, mlp=layer.mlp, relu_last=layer.relu_last,
+                                            norm=spec.norm(layer)))
+                    channels = layer.final_channels
+                elif isinstance(layer, MaxPool):
+                    pool = keras.layers.MaxPooling2D(layer.kernel_size, strides=layer.stride)
+                    # Keras 'same' pads bottom / right only; pad both sides with zeros (the input is post-ReLU).
+                    layers.append(keras.Sequential([keras.layers.ZeroPadding2D(layer.padding), pool])
+                                  if layer.padding else pool)
+                elif isinstance(layer, Dropout):
+                    layers.append(keras.layers.Dropout(layer.rate))
+                elif isinstance(layer, GlobalAvgPool):
+                    layers.append(keras.layers.GlobalAveragePooling2D(keepdims=True))
+                elif isinstance(layer, Flatten):
+                    layers.append(keras.layers.Flatten())
+            model = keras.Sequential(layers)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _devices[model] = default_device(device)
+    model.compile(jit_compile=compiled, run_eagerly=not compiled)  # the optimizer comes with training
+    return model
 
 
 # --- canonical weights in and out ---------------------------------------------------------
-_BN_NAMES = {"gamma": "gamma", "beta": "beta", "moving_mean": "running_mean", "moving_variance": "running_var"}
+BN_NAMES = {"gamma": "gamma", "beta": "beta", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
-def _canonical_tensors(model: keras.Sequential) -> dict[str, keras.Variable]:
-    """Canonical name -> the model's own variable (conv kernels HWIO: see _to_canonical)."""
+def canonical_tensors(model: keras.Sequential) -> dict[str, keras.Variable]:
+    """Canonical name -> the model's own variable (conv kernels HWIO: see to_canonical)."""
     out = {}
     blocks = [m for m in model.layers
               if isinstance(m, keras.Sequential) and any(isinstance(l, keras.layers.Conv2D) for l in m.layers)]
@@ -83,38 +114,46 @@ def _canonical_tensors(model: keras.Sequential) -> dict[str, keras.Variable]:
             if conv.use_bias:
                 out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
-            for theirs, ours in _BN_NAMES.items():
+            for theirs, ours in BN_NAMES.items():
                 out[f"block{b}.bn{j}.{ours}"] = getattr(bn, theirs)
     return out
 
 
-def _to_canonical(a: np.ndarray) -> np.ndarray:
-    """HWIO kernel -> OIHW; vectors as they are."""
-    return hwio_to_oihw(a) if a.ndim == 4 else a
+def to_canonical(name: str, value) -> np.ndarray:
+    """A variable or gradient as canonical NumPy: HWIO kernels -> OIHW; vectors as they are."""
+    a = np.array(keras.ops.convert_to_numpy(value))
+    return hwio_to_oihw(a) if name.endswith(".weight") else a
 
 
-def _from_canonical(a: np.ndarray) -> np.ndarray:
-    return oihw_to_hwio(a) if a.ndim == 4 else a
-
-
-def _canonical_shape(shape) -> tuple[int, ...]:
-    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape)
+def from_canonical(name: str, value) -> np.ndarray:
+    a = np.asarray(value)
+    return oihw_to_hwio(a) if name.endswith(".weight") else a
 
 
 def load_weights(model: keras.Sequential, weights, source: str = "weights") -> None:
-    tensors = _canonical_tensors(model)
-    check_shapes({k: _canonical_shape(v.shape) for k, v in tensors.items()}, weights, source)
+    tensors = canonical_tensors(model)
+    check_shapes({k: tuple(hwio_to_oihw(np.empty(v.shape)).shape) if len(v.shape) == 4 else tuple(v.shape)
+                  for k, v in tensors.items()}, weights, source)
     for name, v in tensors.items():
-        v.assign(_from_canonical(np.asarray(weights[name], dtype=np.float32)))
+        v.assign(from_canonical(name, np.asarray(weights[name], dtype=v.dtype)))
 
 
 def export_weights(model: keras.Sequential) -> dict[str, np.ndarray]:
-    return {k: _to_canonical(v.numpy().astype(np.float32))
-            for k, v in _canonical_tensors(model).items()}
+    return {k: to_canonical(k, v) for k, v in canonical_tensors(model).items()}
 
 
-def _device_of(model: keras.Model) -> str:
-    return model.weights[0].value.device if model.weights else default_device()
+_devices: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def device_of(model: keras.Model) -> str:
+    """The keras.device name the model was built under (Keras variables do not say it the same way on
+    every backend, so build remembers it)."""
+    return _devices.get(model, default_device())
+
+
+def to_input(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """NCHW images as the model's input: NHWC, in its dtype (Keras places it when the model runs)."""
+    return nchw_to_nhwc(np.asarray(images, dtype=model.dtype))
 
 
 def _seed_dropout(model: keras.Sequential, seed: int) -> None:
@@ -125,18 +164,21 @@ def _seed_dropout(model: keras.Sequential, seed: int) -> None:
         state.assign(np.array([seed, i], dtype=state.dtype))
 
 
-def forward(model: keras.Sequential, images: np.ndarray, training: bool = False, seed: int = 0) -> np.ndarray:
-    """Logits for NCHW float32 images. training=True: dropout drops, batch norm uses batch statistics."""
+def forward(model: keras.Sequential, images: np.ndarray, *, training: bool = False, seed: int = 0) -> np.ndarray:
+    """Logits for NCHW images. training=True: dropout drops, batch norm uses batch statistics.
+    Evaluation runs Keras's predict step, compiled as the model is; training mode calls the model."""
     _seed_dropout(model, seed)
-    with tf.device(_device_of(model)):
-        logits = model(nchw_to_nhwc(np.asarray(images, dtype=np.float32)), training=training)
-    return logits.numpy().astype(np.float32)
+    x = to_input(model, images)
+    with keras.device(device_of(model)):
+        if not training:
+            return np.asarray(model.predict_on_batch(x))
+        return np.asarray(keras.ops.convert_to_numpy(model(x, training=True)))
 
 
 def layer_shapes(model: keras.Sequential, images: np.ndarray) -> list[tuple[int, ...]]:
-    x = nchw_to_nhwc(np.asarray(images, dtype=np.float32))
+    x = to_input(model, images)
     shapes = []
-    with tf.device(_device_of(model)):
+    with keras.device(device_of(model)):
         for layer in model.layers:
             x = layer(x, training=False)
             s = tuple(x.shape[1:])

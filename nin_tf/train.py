@@ -1,18 +1,32 @@
-"""Training NiN the Keras way: SparseCategoricalCrossentropy, keras.optimizers.SGD, tf.GradientTape."""
+"""Training NiN the Keras way: model.compile(optimizer, loss), then train_on_batch, on any Keras backend.
+
+Keras's own training step computes the gradients on each backend (tf.GradientTape, jax.grad or
+torch autograd inside Keras), eagerly (run_eagerly=True) or compiled (jit_compile=True: XLA,
+jax.jit or torch.compile). Nothing here differs per backend but `configure`'s switches, which Keras
+leaves to the backend: they are set through the environment variables the libraries read.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
+import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common.spec import TrainConfig
 
-from .model import _canonical_tensors, _device_of, _to_canonical, nchw_to_nhwc
+from .model import canonical_tensors, default_device, device_of, to_canonical, to_input
 
-_LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # mean over the batch
+PRECISIONS = ("fp32", "fp64", "fast")
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # mean over the batch
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy over the batch (Keras's "sum_over_batch_size" reduction)."""
+    return LOSS(labels, logits)
 
 
 class CoupledSGD(keras.optimizers.SGD):
@@ -33,73 +47,106 @@ class CoupledSGD(keras.optimizers.SGD):
         return {**super().get_config(), "l2": self.l2}
 
 
+class GradientCapture(keras.optimizers.Optimizer):
+    """An optimizer that keeps each gradient instead of applying it: Keras's own training step, on any
+    backend, eager or compiled, computes the gradients, and `gradient_of` reads them. Weights stay."""
+
+    def __init__(self):
+        super().__init__(learning_rate=0.0)
+
+    def build(self, variables):
+        super().build(variables)
+        self.gradients = [self.add_variable_from_reference(v, name="gradient") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        self.assign(self.gradients[self._get_variable_index(variable)], gradient)
+
+    def gradient_of(self, variable):
+        return self.gradients[self._get_variable_index(variable)]
+
+
 def make_optimizer(model: keras.Model, config: TrainConfig) -> keras.optimizers.Optimizer:
     optimizer = CoupledSGD(l2=config.weight_decay, learning_rate=config.lr, momentum=config.momentum)
     optimizer.build(model.trainable_variables)
     return optimizer
 
 
+def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    """model.compile with this optimizer and the loss, keeping the model's compile mode (see build);
+    only when the optimizer changes, since each compile drops Keras's traced steps."""
+    if model.optimizer is not optimizer or model.loss is not LOSS:
+        model.compile(optimizer=optimizer, loss=LOSS, jit_compile=model.jit_compile, run_eagerly=model.run_eagerly)
+
+
 def _batch(model: keras.Model, images: np.ndarray, labels: np.ndarray):
-    with tf.device(_device_of(model)):
-        return (tf.constant(nchw_to_nhwc(np.asarray(images, dtype=np.float32))),
-                tf.constant(np.asarray(labels, dtype=np.int32)))
+    return to_input(model, images), np.asarray(labels, dtype=np.int32)
+
+
+_captures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def loss_and_grads(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy in training mode and its gradient for every trainable canonical tensor."""
+    capture = _captures.setdefault(model, GradientCapture())
+    _compile(model, capture)
     x, y = _batch(model, images, labels)
-    trainable = {k: v for k, v in _canonical_tensors(model).items() if v.trainable}
-    with tf.device(_device_of(model)):
-        with tf.GradientTape() as tape:
-            loss = _LOSS(y, model(x, training=True))
-        grads = tape.gradient(loss, trainable)
-    return float(loss), {k: _to_canonical(g.numpy().astype(np.float32)) for k, g in grads.items()}
+    with keras.device(device_of(model)):
+        loss = model.train_on_batch(x, y)
+    grads = {k: to_canonical(k, capture.gradient_of(v)) for k, v in canonical_tensors(model).items() if v.trainable}
+    return float(loss), grads
 
 
 def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, images: np.ndarray,
                labels: np.ndarray) -> float:
+    _compile(model, optimizer)
     x, y = _batch(model, images, labels)
-    with tf.device(_device_of(model)):
-        with tf.GradientTape() as tape:
-            loss = _LOSS(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return float(loss)
-
-
-_deterministic = False  # TensorFlow has no public switch to turn op determinism back off, nor to read it
+    with keras.device(device_of(model)):
+        return float(model.train_on_batch(x, y))
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:
-    """fp32: TF32 off, deterministic ops on (conformance). fast: TF32 on (determinism, once on, stays on)."""
-    global _deterministic
-    if precision not in ("fp32", "fast"):
-        raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
-    strict = precision == "fp32"
-    tf.config.experimental.enable_tensor_float_32_execution(not strict)
-    if strict and not _deterministic:
-        tf.config.experimental.enable_op_determinism()
-        _deterministic = True
+    """fp32 / fp64: no TF32, deterministic kernels (conformance). fast: TF32 allowed.
+
+    Keras has no switch of its own for these; cuBLAS and cuDNN (every backend's GPU kernels) read
+    NVIDIA_TF32_OVERRIDE when they start, TensorFlow reads TF_DETERMINISTIC_OPS and XLA its flags:
+    call configure before the first model is built. floatx is Keras's: float64 for fp64."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    strict = precision != "fast"
+    dtype = "float64" if precision == "fp64" else "float32"
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    if strict:
+        os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+        os.environ["TF_DETERMINISTIC_OPS"] = "1"
+        if device == "gpu" and "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
+    else:
+        os.environ.pop("NVIDIA_TF32_OVERRIDE", None)
     return {
         "precision": precision,
-        "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
-        "deterministic": _deterministic,
-        "mixed_precision_policy": keras.mixed_precision.global_policy().name,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        "keras_backend": keras.backend.backend(),
+        "floatx": keras.config.floatx(),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+        "TF_DETERMINISTIC_OPS": os.environ.get("TF_DETERMINISTIC_OPS"),
+        "JAX_DEFAULT_MATMUL_PRECISION": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
 
 
 def device_name(device: str) -> str:
     if device == "gpu":
-        gpu = tf.config.list_physical_devices("GPU")[0]
-        return tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-    import platform
+        return f"{default_device('gpu')} ({keras.backend.backend()})"
     return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
-    build = tf.sysconfig.get_build_info()
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "cuda": build.get("cuda_version"),
-            "cudnn": build.get("cudnn_version"), "numpy": np.__version__}
+    backend = keras.backend.backend()
+    framework = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch"}.get(backend, backend)
+    try:
+        framework_version = importlib.metadata.version(framework)
+    except importlib.metadata.PackageNotFoundError:
+        framework_version = importlib.metadata.version(backend if backend != "tensorflow" else "tensorflow")
+    return {"keras": keras.__version__, "keras_backend": backend, backend: framework_version,
+            "numpy": np.__version__}

@@ -7,15 +7,16 @@ import torch
 from torch import nn
 
 from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
-from common.weights import WeightsError, check_shapes
+from common.weights import check_shapes
 
 FRAMEWORK = "torch"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int,
+def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,
               mlp: tuple[int, ...] = (), relu_last: bool = True, norm: BatchNorm | None = None) -> nn.Sequential:
     """The chapter's block: a k x k conv, then 1x1 convs, each followed by ReLU."""
-    convs = [(in_channels, out_channels, kernel_size, strides, padding)]
+    convs = [(in_channels, out_channels, kernel_size, stride, padding)]
     for c in mlp:
         convs.append((convs[-1][1], c, 1, 1, 0))
     layers: list[nn.Module] = []
@@ -34,36 +35,41 @@ def default_device(device: str | None = None) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if device == "gpu":
-            raise RuntimeError("device 'gpu' asked for, but torch.cuda.is_available() is False")
+            raise RuntimeError("no GPU is visible to PyTorch (torch.cuda.is_available() is False)")
         return torch.device("cpu")
     return torch.device(device)
 
 
-def build(spec: NetSpec, device: str | None = None) -> nn.Sequential:
-    """One top-level module per entry of spec.layers."""
+def build(spec: NetSpec, *, device: str | None = None, dtype: str = "float32", compiled: bool = False) -> nn.Sequential:
+    """One top-level module per entry of spec.layers. compiled: the module's calls go through
+    torch.compile (nn.Module.compile, in place: the module and its parameters stay as they are)."""
     layers: list[nn.Module] = []
     channels = spec.input_shape[0]
     for layer in spec.layers:
         if isinstance(layer, NiNBlock):
-            layers.append(nin_block(channels, layer.channels, layer.kernel, layer.stride, layer.padding,
-                                    mlp=layer.mlp, relu_last=layer.relu_last, norm=spec.norm(layer)))
-            channels = layer.out_channels
+            layers.append(nin_block(channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                    padding=layer.padding, mlp=layer.mlp, relu_last=layer.relu_last,
+                                    norm=spec.norm(layer)))
+            channels = layer.final_channels
         elif isinstance(layer, MaxPool):
-            layers.append(nn.MaxPool2d(layer.kernel, stride=layer.stride, padding=layer.padding))
+            layers.append(nn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding))
         elif isinstance(layer, Dropout):
             layers.append(nn.Dropout(layer.rate))
         elif isinstance(layer, GlobalAvgPool):
             layers.append(nn.AdaptiveAvgPool2d((1, 1)))
         elif isinstance(layer, Flatten):
             layers.append(nn.Flatten())
-    return nn.Sequential(*layers).to(default_device(device))
+    model = nn.Sequential(*layers).to(device=default_device(device), dtype=DTYPES[dtype])
+    if compiled:
+        model.compile()
+    return model
 
 
 # --- canonical weights in and out ---------------------------------------------------------
-_BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}
+BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}
 
 
-def _canonical_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
+def canonical_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
     """Canonical name -> the model's own parameter or buffer (OIHW already: no conversion)."""
     out = {}
     blocks = [m for m in model if isinstance(m, nn.Sequential)]
@@ -75,39 +81,54 @@ def _canonical_tensors(model: nn.Sequential) -> dict[str, torch.Tensor]:
             if conv.bias is not None:
                 out[f"block{b}.conv{j}.bias"] = conv.bias
         for j, bn in enumerate(norms):
-            for theirs, ours in _BN_NAMES.items():
+            for theirs, ours in BN_NAMES.items():
                 out[f"block{b}.bn{j}.{ours}"] = getattr(bn, theirs)
     return out
 
 
+def to_canonical(name: str, value: torch.Tensor) -> np.ndarray:
+    """A parameter, buffer or gradient as canonical NumPy: PyTorch's layout is the canonical one."""
+    return value.detach().cpu().numpy().copy()
+
+
+def from_canonical(name: str, value) -> np.ndarray:
+    return np.asarray(value)
+
+
 def load_weights(model: nn.Sequential, weights, source: str = "weights") -> None:
-    tensors = _canonical_tensors(model)
+    tensors = canonical_tensors(model)
     check_shapes({k: tuple(t.shape) for k, t in tensors.items()}, weights, source)
     with torch.no_grad():
         for name, t in tensors.items():
-            t.copy_(torch.as_tensor(np.asarray(weights[name], dtype=np.float32)))
+            t.copy_(torch.as_tensor(from_canonical(name, weights[name])))  # copy_ casts to the model's dtype
 
 
 def export_weights(model: nn.Sequential) -> dict[str, np.ndarray]:
-    return {k: t.detach().float().cpu().numpy().copy() for k, t in _canonical_tensors(model).items()}
+    return {k: to_canonical(k, t) for k, t in canonical_tensors(model).items()}
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else default_device()
 
 
-def forward(model: nn.Sequential, images: np.ndarray, training: bool = False, seed: int = 0) -> np.ndarray:
-    """Logits for NCHW float32 images. training=True: dropout drops, batch norm uses batch statistics."""
+def to_input(model: nn.Module, images: np.ndarray) -> torch.Tensor:
+    """NCHW images as the model's input: on its device, in its dtype."""
+    param = next(model.parameters(), None)
+    return torch.as_tensor(images, device=device_of(model), dtype=param.dtype if param is not None else torch.float32)
+
+
+def forward(model: nn.Sequential, images: np.ndarray, *, training: bool = False, seed: int = 0) -> np.ndarray:
+    """Logits for NCHW images. training=True: dropout drops, batch norm uses batch statistics."""
     torch.manual_seed(seed)
     model.train(training)
     with torch.no_grad():
-        return model(torch.as_tensor(images, device=_device_of(model))).float().cpu().numpy()
+        return model(to_input(model, images)).cpu().numpy()
 
 
 def layer_shapes(model: nn.Sequential, images: np.ndarray) -> list[tuple[int, ...]]:
     model.eval()
-    x = torch.as_tensor(images, device=_device_of(model))
+    x = to_input(model, images)
     shapes = []
     with torch.no_grad():
         for layer in model:

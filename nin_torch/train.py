@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,14 @@ from torch import nn
 
 from common.spec import TrainConfig
 
-from .model import _canonical_tensors, _device_of
+from .model import canonical_tensors, device_of, to_canonical, to_input
+
+PRECISIONS = ("fp32", "fp64", "fast")
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy over the batch (PyTorch's default reduction)."""
+    return F.cross_entropy(logits, labels)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -19,8 +29,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 def _batch(model: nn.Module, images: np.ndarray, labels: np.ndarray):
-    device = _device_of(model)
-    return torch.as_tensor(images, device=device), torch.as_tensor(labels, dtype=torch.long, device=device)
+    return to_input(model, images), torch.as_tensor(labels, dtype=torch.long, device=device_of(model))
 
 
 def loss_and_grads(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
@@ -28,10 +37,9 @@ def loss_and_grads(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> 
     x, y = _batch(model, images, labels)
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    loss = cross_entropy(model(x), y)
     loss.backward()
-    grads = {k: t.grad.detach().float().cpu().numpy().copy()
-             for k, t in _canonical_tensors(model).items() if t.grad is not None}
+    grads = {k: to_canonical(k, t.grad) for k, t in canonical_tensors(model).items() if t.grad is not None}
     return loss.item(), grads
 
 
@@ -39,27 +47,27 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.nd
     x, y = _batch(model, images, labels)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    loss = cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:
-    """fp32: TF32 off, deterministic algorithms on (conformance). fast: TF32 on, cuDNN autotuning."""
-    if precision not in ("fp32", "fast"):
-        raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
-    strict = precision == "fp32"
+    """fp32 / fp64: TF32 off, deterministic algorithms on (conformance). fast: TF32 on, cuDNN autotuning."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    strict = precision != "fast"
+    if strict and device == "gpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it, before any call
     torch.backends.cuda.matmul.allow_tf32 = not strict
     torch.backends.cudnn.allow_tf32 = not strict
     torch.backends.cudnn.deterministic = strict
     torch.backends.cudnn.benchmark = not strict
     torch.use_deterministic_algorithms(strict, warn_only=False)
-    if strict and device == "gpu":
-        import os
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     return {
         "precision": precision,
+        "dtype": "float64" if precision == "fp64" else "float32",
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "deterministic": torch.are_deterministic_algorithms_enabled(),
@@ -71,7 +79,6 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
 def device_name(device: str) -> str:
     if device == "gpu":
         return torch.cuda.get_device_name(0)
-    import platform
     return platform.processor() or platform.machine()
 
 

@@ -1,3 +1,116 @@
-"""The suite's shared fixtures and numerics switches live in common/fixtures.py (a pytest plugin)."""
+"""The shared pytest fixtures: every backend's tests are held to these same cases.
 
-pytest_plugins = ["common.fixtures"]
+Options:
+    --backends torch,keras-tf   which backends to test (default: all)
+    --variants d2l,paper        which variants (default: all)
+    --device cpu|gpu|all        where (default cpu; gpu tests skip with a reason when no GPU is seen)
+Environment:
+    NIN_REQUIRE=torch,jax      a listed backend whose framework is absent FAILS instead of skipping
+                               (`make test` sets it, so that a missing install cannot pass silently)
+    NIN_DATA_DIR               where Fashion-MNIST is (the tests never download)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import backends, data, weights
+from common import spec as specs
+from harness import processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("nin")
+    group.addoption("--backends", default=",".join(backends.BACKENDS), help="comma-separated backends to test")
+    group.addoption("--variants", default=",".join(specs.VARIANTS), help="comma-separated variants to test")
+    group.addoption("--device", default="cpu", choices=("cpu", "gpu", "all"), help="devices to test on")
+
+
+def _csv(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise `backend`, `variant` and `device` with ids such as [torch-d2l-cpu]."""
+    opts = metafunc.config.option
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _csv(opts.backends), scope="module")
+    if "variant" in metafunc.fixturenames:
+        metafunc.parametrize("variant", _csv(opts.variants), scope="module")
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", ["cpu", "gpu"] if opts.device == "all" else [opts.device], scope="module")
+
+
+def require_backend(name: str):
+    """Import the backend's model module here, or skip (fail under NIN_REQUIRE) with the reason."""
+    b = backends.get(name)
+    missing = processes.missing_here(name)
+    if not missing:
+        for key, value in b.env:
+            if os.environ.get(key, value) != value:
+                missing = [f"{key}={value} (this process has {key}={os.environ[key]})"]
+    if missing:
+        msg = (f"{', '.join(missing)} not available in this process ({b.name} runs from {b.venv}"
+               f"{' with ' + ' '.join(f'{k}={v}' for k, v in b.env) if b.env else ''}; `make test` runs it there)")
+        if name in _csv(os.environ.get("NIN_REQUIRE", "")):
+            pytest.fail(f"NIN_REQUIRE lists {name}, but {msg}")
+        pytest.skip(msg)
+    return processes.load(name, "model")
+
+
+@pytest.fixture(scope="module")
+def bk(backend, device):
+    """The backend's (model, train) modules, configured for conformance numerics on `device`."""
+    model = require_backend(backend)
+    train = processes.load(backend, "train")
+    train.configure(device, "fp32")  # first: XLA reads its determinism flag when its GPU backend starts
+    if device == "gpu":
+        try:
+            model.default_device("gpu")
+        except RuntimeError as e:
+            pytest.skip(f"no GPU for {backend}: {e}")
+    return model, train
+
+
+@pytest.fixture(scope="module")
+def spec(variant):
+    return specs.get(variant)
+
+
+@pytest.fixture(scope="module")
+def canonical_weights(spec):
+    """Random in every tensor (biases and batch-norm statistics too), seeded, float32."""
+    return weights.random_weights(spec, seed=11)
+
+
+def make_images(spec, n: int = 2, seed: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).random((n,) + spec.input_shape, dtype=np.float32)
+
+
+def make_labels(spec, n: int = 2, seed: int = 6) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, spec.num_classes, size=n).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def images(spec):
+    return make_images(spec)
+
+
+@pytest.fixture(scope="module")
+def labels(spec):
+    return make_labels(spec)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    d = data.default_dir()
+    if data.missing_files(d):
+        pytest.skip(f"Fashion-MNIST is not on this machine (looked in {', '.join(map(str, data.search_dirs()))}); "
+                    "tests never download")
+    return d

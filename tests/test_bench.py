@@ -12,23 +12,24 @@ import sys
 
 import pytest
 
-from benchmarks import runner, utilization, verify_timing, worker
+from benchmarks import runner, timing, utilization, verify_timing, worker
 from common import backends
+from harness import processes
 
 pytestmark = pytest.mark.main_env  # spawns each backend's own interpreter already: run once
 
-TINY = {"variant": "paper", "mode": "train", "batch_size": 2, "precision": "fp32", "compile": False,
+TINY = {"variant": "paper", "mode": "train", "batch_size": 2, "precision": "fp32", "compile": "eager",
         "device": "cpu", "warmup": 1, "windows": 2, "steps": 1}
-TINY_ARGS = ["--variant", "paper", "--batch-size", "2", "--compile", "off", "--device", "cpu",
+TINY_ARGS = ["--variant", "paper", "--batch-size", "2", "--compile", "eager", "--device", "cpu",
              "--warmup", "1", "--windows", "2", "--steps", "1"]
-CONTRACT_KEYS = {"images_per_second", "window_seconds", "first_step_seconds", "peak_memory_bytes", "settings"}
+CONTRACT_KEYS = {"images_per_second", "window_seconds", "first_step_seconds", "peak_memory_bytes", "settings", "spread"}
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed here")
 
 
 @needs_torch
 def test_torch_worker_times_a_tiny_configuration():
-    out = worker.call(worker.command("benchmarks.worker", {"backend": "torch", **TINY}), timeout=300)
+    out = processes.call("torch", "benchmarks.worker", worker.arguments({"backend": "torch", **TINY}), timeout=300)
     assert out["status"] == "ok", out.get("reason")
     assert CONTRACT_KEYS | {"versions", "numerics", "device_name", "backend", "batch_size"} <= set(out)
     assert len(out["window_seconds"]) == 2 and all(t > 0 for t in out["window_seconds"])
@@ -55,9 +56,9 @@ def test_runner_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     assert "torch" in doc["versions"] and doc["settings"]["batch_sizes"] == [2]
     if importlib.util.find_spec("mxnet") is None:
         mx = next(r for r in doc["results"] if r["backend"] == "mxnet")
-        assert mx["status"] == "skipped" and "mxnet is not installed" in mx["reason"]
+        assert mx["status"] == "skipped" and "mxnet not installed" in mx["reason"]
     md = (tmp_path / "r.md").read_text()
-    assert doc["command"] in md and "| torch | infer | 2 | fp32 | off | ok |" in md
+    assert doc["command"] in md and "| torch | infer | 2 | fp32 | eager | ok |" in md
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -89,47 +90,55 @@ def test_unknown_devices_have_no_peak():
     assert utilization.peak_for("AMD EPYC 7B13") is None and utilization.peak_for(None) is None
 
 
-def _in_process(cmd, timeout=None):
-    """worker.call without the subprocess, so that monkeypatches reach the worker."""
-    return worker.run(**worker.config_from_args(worker.build_parser().parse_args(cmd[3:])))
+def _in_process(name, module, args, timeout=None):
+    """processes.call without the subprocess, so that monkeypatches reach the worker."""
+    return worker.run(worker.config_from_args(worker.build_parser().parse_args(args)))
 
 
 @needs_torch
 def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    bench = backends.load("torch", "bench")
-    train = backends.load("torch", "train")
+    bench = processes.load("torch", "bench")
+    train = processes.load("torch", "train")
 
-    def fake_benchmark(spec, mode, batch_size, precision, compile, device, warmup=5, windows=5, steps=10):
+    def fake_make_step(spec, *, mode, batch_size, precision, compile, device):
         if batch_size > 2:
-            raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return {"images_per_second": 100.0, "window_seconds": [0.02] * windows, "first_step_seconds": 0.5,
-                "peak_memory_bytes": None, "settings": {}}
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return (lambda: None), {}
 
-    monkeypatch.setattr(bench, "benchmark", fake_benchmark)
+    monkeypatch.setattr(bench, "make_step", fake_make_step)
     monkeypatch.setattr(train, "configure", lambda device, precision: {"precision": precision})
-    monkeypatch.setattr(worker, "call", _in_process)
+    monkeypatch.setattr(processes, "call", _in_process)
     args = runner.build_parser().parse_args(["--backend", "torch", "--mode", "train", *TINY_ARGS,
                                              "--batch-size", "4", "2", "8", "--out", str(tmp_path / "r.json")])
     assert runner.main(args, argv=["nin", "bench"]) == 0  # out of memory is a result, not a failure
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [(r["batch_size"], r["status"]) for r in doc["results"]] == [(2, "ok"), (4, "oom"), (8, "oom")]
     assert "out of memory" in doc["results"][1]["reason"]
-    assert doc["results"][0]["images_per_second"] == 100.0
-    assert "| oom: CUDA out of memory" in (tmp_path / "r.md").read_text()
+    assert doc["results"][0]["images_per_second"] > 0
+    assert "| oom: RuntimeError: CUDA out of memory" in (tmp_path / "r.md").read_text()
 
 
-def test_backend_without_framework_or_bench_is_skipped(monkeypatch):
-    monkeypatch.setitem(backends.BACKENDS, "ghost", backends.Backend("ghost", "nin_ghost", "no_such_framework", ".venv"))
-    monkeypatch.setitem(backends.BACKENDS, "shell", backends.Backend("shell", "nin_shell", "json", ".venv"))
-    ghost = worker.run("ghost", **TINY)
-    assert ghost["status"] == "skipped" and "no_such_framework is not installed" in ghost["reason"]
-    shell = worker.run("shell", **TINY)
-    assert shell["status"] == "skipped" and "nin_shell/bench.py does not exist" in shell["reason"]
+def test_backend_without_framework_or_compile_mode_is_skipped(monkeypatch):
+    ghost = backends.Backend("ghost", "nin_ghost", ("no_such_framework",), ".venv", "Ghost", ("eager",))
+    monkeypatch.setitem(backends.BACKENDS, "ghost", ghost)
+    out = worker.run({"backend": "ghost", **TINY})
+    assert out["status"] == "skipped" and "no_such_framework not installed" in out["reason"]
+    if importlib.util.find_spec("torch") is not None:
+        out = worker.run({"backend": "torch", **TINY, "compile": "graph"})
+        assert out["status"] == "skipped" and "torch has no compile mode 'graph'" in out["reason"]
+
+
+def test_timing_loop_counts_windows_and_takes_the_median():
+    calls = []
+    out = timing.measure(lambda: calls.append(1), lambda r: None, batch_size=4, warmup=2, windows=3, steps=5)
+    assert len(calls) == 1 + 2 + 3 * 5 and len(out["window_seconds"]) == 3
+    assert out["images_per_second"] == pytest.approx(statistics.median(4 * 5 / t for t in out["window_seconds"]))
+    assert out["spread"] >= 0
 
 
 def test_a_failing_configuration_is_an_error_with_its_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(worker, "call", lambda cmd, timeout=None: {"status": "error", "reason": "boom"})
-    args = runner.build_parser().parse_args(["--backend", "tf", "--mode", "infer", *TINY_ARGS,
+    monkeypatch.setattr(processes, "call", lambda name, module, args, timeout=None: {"status": "error", "reason": "boom"})
+    args = runner.build_parser().parse_args(["--backend", "keras-tf", "--mode", "infer", *TINY_ARGS,
                                              "--out", str(tmp_path / "r.json")])
     assert runner.main(args, argv=["nin", "bench"]) == 1
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["reason"] == "boom"
@@ -137,7 +146,7 @@ def test_a_failing_configuration_is_an_error_with_its_message(tmp_path, monkeypa
 
 @needs_torch
 def test_independent_timing_loop_runs_for_torch():
-    out = worker.call(worker.command("benchmarks.verify_timing", {"backend": "torch", **TINY}), timeout=300)
+    out = processes.call("torch", "benchmarks.verify_timing", worker.arguments({"backend": "torch", **TINY}), timeout=300)
     assert out["status"] == "ok" and out["images_per_second"] > 0 and out["steps"] == 2
     result = {"backend": "torch", **TINY, "status": "ok", "images_per_second": out["images_per_second"]}
     verify_timing.check([result], timeout=300)  # a fresh process of its own

@@ -1,9 +1,7 @@
 """common/: spec, calculator, reference, weights, data. NumPy only; runs in both environments."""
 
 import gzip
-import hashlib
 import http.server
-import json
 import subprocess
 import sys
 import threading
@@ -58,13 +56,14 @@ BAD_SPECS = [
     ("output smaller than 1x1", dict(input_shape=(1, 8, 8), layers=(NiNBlock(10, 11, 1, 0, ()), GlobalAvgPool(), Flatten())),
      "layer 0 (nin_block), conv 0: a 11x11 kernel"),
     ("input too small for d2l", dict(input_shape=(1, 64, 64), layers=S.get("d2l").layers), "layer 5 (max_pool)"),
-    ("zero channels", dict(layers=(NiNBlock(0, 3, 1, 1, ()), GlobalAvgPool(), Flatten())), "channel count must be a positive integer, got 0"),
-    ("negative stride", dict(layers=(NiNBlock(10, 3, -1, 1, ()), GlobalAvgPool(), Flatten())), "stride must be a positive integer, got -1"),
+    ("zero channels", dict(layers=(NiNBlock(0, 3, 1, 1, ()), GlobalAvgPool(), Flatten())), "out_channels must be an integer from 1 to 65536, got 0"),
+    ("negative stride", dict(layers=(NiNBlock(10, 3, -1, 1, ()), GlobalAvgPool(), Flatten())), "stride must be an integer from 1 to 4096, got -1"),
     ("pool stride zero", dict(layers=(NiNBlock(10, 3, 1, 1, ()), MaxPool(3, 0), GlobalAvgPool(), Flatten())), "layer 1 (max_pool): stride"),
     ("class mismatch", dict(layers=(NiNBlock(7, 3, 1, 1, ()), GlobalAvgPool(), Flatten())), "ends with 7 features but num_classes is 10"),
     ("no flatten", dict(layers=(NiNBlock(10, 3, 1, 1, ()), GlobalAvgPool())), "must end with flatten"),
     ("flatten too early", dict(layers=(NiNBlock(10, 3, 1, 1, ()), Flatten())), "flatten needs a 10x1x1 input"),
     ("dropout rate 1", dict(layers=(NiNBlock(10, 3, 1, 1, ()), Dropout(1.0), GlobalAvgPool(), Flatten())), "rate must be in [0, 1)"),
+    ("conv padding beyond half the kernel", dict(layers=(NiNBlock(10, 3, 1, 5, ()), GlobalAvgPool(), Flatten())), "padding 5 is more than half the kernel_size 3"),
     ("padded pool on raw input", dict(layers=(MaxPool(3, 2, 1), NiNBlock(10, 3, 1, 1, ()), GlobalAvgPool(), Flatten())), "post-ReLU"),
 ]
 
@@ -79,9 +78,9 @@ def test_bad_specs_name_the_layer_and_sizes(what, kwargs, message):
 
 
 @pytest.mark.parametrize("text,message", [
-    ('{"name": "x", "input_shape": [1, 8, 8], "num_classes": 2, "layers": [{"type": "conv"}]}', "unknown type 'conv'"),
+    ('{"name": "x", "input_shape": [1, 8, 8], "num_classes": 2, "layers": [{"type": "conv"}]}', 'layers[0].type: expected one of'),
     ('{"name": "x", "input_shape": [1, 8, 8], "num_classes": 2, "layers": [{"type": "max_pool", "size": 3}]}', "unknown field(s) ['size']"),
-    ('{"name": "x", "input_shape": [1, 8], "num_classes": 2, "layers": []}', "input_shape must be [C, H, W]"),
+    ('{"name": "x", "input_shape": [1, 8], "num_classes": 2, "layers": []}', "input_shape: expected [C, H, W]"),
     ('{"name": "x", "layers": []}', "missing field(s)"),
     ('{"name": "x", ', "is not valid JSON"),
 ])
@@ -105,12 +104,12 @@ def test_params_and_macs_against_an_independent_count(name):
     spec = S.get(name)
     w = weights.init(spec)
     assert sum(v.size for k, v in w.items() if calc.is_trainable(k)) == calc.summary(spec).total_params
-    macs, x = 0, np.zeros((1,) + spec.input_shape)
+    x = np.zeros((1,) + spec.input_shape)
     counted = []
     orig = reference.conv2d
 
-    def counting_conv(x, w, b, s, p):
-        y = orig(x, w, b, s, p)
+    def counting_conv(x, w, b, **kwargs):
+        y = orig(x, w, b, **kwargs)
         counted.append(y[0].size * w[0].size)  # each output element: C_in * k * k multiply-adds
         return y
 
@@ -274,7 +273,7 @@ def test_download_verifies_and_falls_back_to_the_next_mirror(tmp_path, data_dir,
 # --- the boundary --------------------------------------------------------------------------------
 def test_importing_common_pulls_in_no_framework():
     code = ("import sys, common, common.spec, common.calc, common.reference, common.weights, common.data, "
-            "common.conformance, common.backends, common.tolerances, common.cli\n"
+            "common.cases, common.records, common.backends, common.tolerances, common.fsio, common.tables\n"
             "bad = sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax', 'optax', 'mxnet') if m in sys.modules)\n"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -1,5 +1,5 @@
 """Records and their comparison: real records from every installed backend (each in its own
-interpreter, as `nin conformance` makes them), then records corrupted on purpose."""
+interpreter, as `nin conformance` makes them), then records damaged on purpose."""
 
 import json
 import os
@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import backends, conformance
-from common.cli import run_record
+from common import backends, errormodel, weights
+from common.cases import Cases, reference_results, training_batches
+from common.records import read_record
+from conformance import compare, matrix
+from conformance.compare import as_updates, bounds_for, check_values
+from conformance.record import compute_variant
+from harness import processes
+from nin.cli import run_record
 
 pytestmark = pytest.mark.main_env  # records every backend through its own interpreter: run once
 
@@ -20,21 +26,22 @@ VARIANT = "paper"  # the fastest: the float64 reference trains it in seconds
 
 
 def _runnable(name: str) -> bool:
-    r = subprocess.run([backends.python_for(name), "-c", f"import {backends.get(name).framework}"],
-                       capture_output=True)
+    modules = ", ".join(backends.get(name).requires)
+    r = subprocess.run([processes.python_for(name), "-c", f"import {modules}"],
+                       capture_output=True, env=processes.environment_for(name))
     return r.returncode == 0
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, data_dir):
-    """One record per backend whose interpreter has its framework."""
+    """One fp32 eager record per backend whose interpreter has its framework."""
     out = tmp_path_factory.mktemp("records")
     made = {}
     for name in backends.BACKENDS:
         if not _runnable(name):
             continue
         path = out / f"{name}.safetensors"
-        r = run_record(name, [VARIANT], "cpu", "fp32", path, quiet=True)
+        r = run_record(name, [VARIANT], device="cpu", precision="fp32", compile="eager", out=path, quiet=True)
         assert r.returncode == 0, f"recording {name} failed:\n{r.stderr[-3000:]}"
         made[name] = path
     required = [n for n in os.environ.get("NIN_REQUIRE", "").split(",") if n]
@@ -46,27 +53,48 @@ def records(tmp_path_factory, data_dir):
 
 
 def test_every_record_passes_against_reference_and_each_other(records):
-    rows = conformance.compare(list(records.values()))
-    failed = [r for r in rows if not r.passed]
-    assert not failed, conformance.render(rows)
-    checks = {(r.check, r.backend.split("-")[0]) for r in rows if r.against == "reference"}
+    result = compare.compare(list(records.values()))
+    assert result.passed, matrix.render(result)
+    checks = {(r.check, r.backend.split("/")[0]) for r in result.rows if r.against == "reference"}
     for name in records:
-        for check in ("logits", "loss", "gradients", "trajectory", "final_weights"):
+        for check in ("logits", "loss", "gradients", "trajectory", "final_weights", "momentum_trajectory",
+                      "momentum_final_weights"):
             assert (check, name) in checks
-    assert len(rows) >= len(records) * 7  # shapes, params and five numeric checks each, plus pairs
+    pairs = len(records) * (len(records) - 1) // 2
+    assert result.numeric_checks == 7 * (len(records) + pairs)
 
 
 def test_record_says_what_it_tested(records):
-    rec = conformance.read_record(next(iter(records.values())))
-    assert rec.meta["precision"] == "fp32"
+    rec = read_record(next(iter(records.values())))
+    assert rec.meta["precision"] == "fp32" and rec.meta["compile"] == "eager"
     assert rec.meta["numerics"] and rec.meta["versions"] and rec.meta["device"] == "cpu"
     assert rec.meta["variants"][VARIANT]["param_count"] == 966_986
-    assert len(rec.tensors[f"{VARIANT}/trajectory"]) == conformance.Cases().steps
+    assert len(rec.tensors[f"{VARIANT}/trajectory"]) == Cases().steps
+
+
+def test_tests_and_matrix_judge_alike(records, data_dir):
+    """The backend tests' in-process verdicts and the matrix's verdicts on the record are the same
+    numbers: one error model, called the same way (tests/test_backends.py uses check_values too)."""
+    name = "torch" if "torch" in records else next(iter(records))
+    if processes.missing_here(name):
+        pytest.skip(f"{name} does not run in this interpreter")
+    model_mod, train_mod = processes.load(name, "model"), processes.load(name, "train")
+    train_mod.configure("cpu", "fp32")
+    spec, cases = read_record(records[name]).specs[VARIANT], Cases()
+    values, _ = compute_variant(model_mod, train_mod, spec, cases=cases,
+                                batches=training_batches(spec, cases, data_dir), device="cpu", precision="fp32",
+                                compile="eager")
+    init = weights.init(spec, cases.init_seed)
+    ref = as_updates(reference_results(spec, cases, data_dir), init)
+    here = check_values(VARIANT, name, "reference", values=as_updates(values, init), reference=ref,
+                        bounds=bounds_for(ref, errormodel.spreads(spec, cases, "fp32"), "fp32"))
+    there = [r for r in compare.compare([records[name]]).rows if r.against == "reference"]
+    assert [(r.check, r.ratio) for r in here] == pytest.approx([(r.check, r.ratio) for r in there])
 
 
 def _rewrite(src: Path, dst: Path, tensors=None, meta=None):
     from safetensors.numpy import save_file
-    rec = conformance.read_record(src)
+    rec = read_record(src)
     t = dict(rec.tensors) if tensors is None else tensors(dict(rec.tensors))
     m = dict(rec.meta) if meta is None else meta(json.loads(json.dumps(rec.meta)))
     save_file(t, str(dst), metadata={"record": json.dumps(m)})
@@ -74,8 +102,7 @@ def _rewrite(src: Path, dst: Path, tensors=None, meta=None):
 
 
 def _failures(paths):
-    rows = conformance.compare(paths)
-    return [r for r in rows if not r.passed]
+    return [r for r in compare.compare(paths).rows if not r.passed]
 
 
 def test_changed_weight_fails_naming_check_and_backend(records, tmp_path):
@@ -95,17 +122,19 @@ def test_changed_weight_fails_naming_check_and_backend(records, tmp_path):
 def test_wrong_shape_fails(records, tmp_path):
     src = next(iter(records.values()))
 
-    def shrink(t):
-        t[f"{VARIANT}/logits"] = t[f"{VARIANT}/logits"][:, :9].copy()
-        return t
-
     def bad_shape(m):
         m["variants"][VARIANT]["layer_shapes"][0] = [95, 32, 32]
         return m
 
-    failed = _failures([_rewrite(src, tmp_path / "bad.safetensors", tensors=shrink, meta=bad_shape)])
-    assert {"logits", "shapes"} <= {r.check for r in failed}
-    assert any("layer 0: [95, 32, 32]" in r.detail for r in failed)
+    failed = _failures([_rewrite(src, tmp_path / "bad.safetensors", meta=bad_shape)])
+    assert any(r.check == "shapes" and "layer 0: [95, 32, 32]" in r.detail for r in failed), failed
+
+    def shrink(t):
+        t[f"{VARIANT}/logits"] = t[f"{VARIANT}/logits"][:, :9].copy()
+        return t
+
+    failed = _failures([_rewrite(src, tmp_path / "bad2.safetensors", tensors=shrink)])
+    assert any(r.check == "record" and f"{VARIANT}/logits has shape (4, 9)" in r.detail for r in failed), failed
 
 
 def test_missing_field_and_truncated_file_fail_without_crashing(records, tmp_path):
@@ -127,19 +156,19 @@ def test_missing_field_and_truncated_file_fail_without_crashing(records, tmp_pat
     text = "\n".join(f"{r.check} {r.backend} {r.detail}" for r in failed)
     assert "missing field(s) ['versions']" in text
     assert "truncated.safetensors" in text and "truncated or not safetensors" in text
-    assert any(r.check == "gradients" and "missing" in r.detail for r in failed)
+    assert "gradless.safetensors: missing tensor(s) ['paper/grad/" in text
 
 
 def test_nin_compare_exit_status_and_json(records, tmp_path):
     paths = [str(p) for p in records.values()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "common.cli", "compare", *paths, "--json"],
+    ok = subprocess.run([sys.executable, "-m", "nin", "compare", *paths, "--json"],
                         capture_output=True, text=True, cwd=ROOT, env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["passed"] is True
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a record")
-    bad = subprocess.run([sys.executable, "-m", "common.cli", "compare", *paths, str(broken)],
+    bad = subprocess.run([sys.executable, "-m", "nin", "compare", *paths, str(broken)],
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "broken.safetensors" in bad.stdout and "Traceback" not in bad.stderr
@@ -148,18 +177,62 @@ def test_nin_compare_exit_status_and_json(records, tmp_path):
 def test_records_compare_the_same_from_another_environment(records):
     """Records are portable: the MXNet environment (numpy 1.23, another interpreter) reads records
     written under numpy 2 by other frameworks and reaches the same verdicts."""
-    other = backends.python_for("mxnet")
+    other = processes.python_for("mxnet")
     if Path(other).absolute() == Path(sys.executable).absolute():  # venvs share one real binary: no resolve()
         pytest.skip("no second environment here (.venv-mxnet is built by `make setup`)")
     paths = [str(p) for p in records.values()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    there = subprocess.run([other, "-m", "common.cli", "compare", *paths, "--json"],
+    there = subprocess.run([other, "-m", "nin", "compare", *paths, "--json"],
                            capture_output=True, text=True, cwd=ROOT, env=env)
     assert there.returncode == 0, there.stderr[-2000:]
-    here = conformance.to_json(conformance.compare(paths))
+    here = matrix.to_json(compare.compare(paths))
     theirs = json.loads(there.stdout)
     assert [(c["check"], c["backend"], c["against"], c["passed"]) for c in theirs["checks"]] == \
            [(c["check"], c["backend"], c["against"], c["passed"]) for c in here["checks"]]
     for a, b in zip(theirs["checks"], here["checks"]):
         if a["measured"] is not None:
             assert a["measured"] == pytest.approx(b["measured"], rel=1e-6, abs=1e-12)
+
+
+def test_fp64_records_meet_the_reference_at_float64_resolution(tmp_path, data_dir):
+    """Every backend in float64: the paper variant's checks at float64's own bounds."""
+    made = []
+    for name in backends.BACKENDS:
+        if not _runnable(name):
+            continue
+        path = tmp_path / f"{name}-fp64.safetensors"
+        r = run_record(name, [VARIANT], device="cpu", precision="fp64", compile="eager", out=path, quiet=True)
+        assert r.returncode == 0, f"recording {name} in fp64 failed:\n{r.stderr[-3000:]}"
+        made.append(path)
+    result = compare.compare(made)
+    assert result.passed, matrix.render(result)
+    logits = [r for r in result.rows if r.check == "logits" and r.against == "reference"]
+    assert logits and all(r.measured < 1e-12 for r in logits), [(r.backend, r.measured) for r in logits]
+    assert all(str(read_record(p).tensors[f"{VARIANT}/logits"].dtype) == "float64" for p in made)
+
+
+def test_a_record_of_nothing_or_of_the_wrong_precision_cannot_pass(records, tmp_path):
+    src = next(iter(records.values()))
+
+    def empty(m):
+        m["variants"] = {}
+        return m
+
+    def nan(t):
+        return {k: np.full_like(v, np.nan) for k, v in t.items()}
+
+    failed = _failures([_rewrite(src, tmp_path / "empty.safetensors", meta=empty, tensors=nan)])
+    assert any("variants is empty" in r.detail for r in failed)
+    for value in (None, "FP32", "fast16"):
+        def precision(m, value=value):
+            m["precision"] = value
+            return m
+        failed = _failures([_rewrite(src, tmp_path / "p.safetensors", meta=precision)])
+        assert failed and all(r.check == "record" for r in failed) and "precision" in failed[0].detail
+
+    def half(t):
+        return {k: v.astype(np.float16) for k, v in t.items()}
+
+    failed = _failures([_rewrite(src, tmp_path / "half.safetensors", tensors=half)])
+    assert any("is float16; a fp32 record holds float32" in r.detail for r in failed)
+    assert any("given twice" in r.detail for r in _failures([src, src]))

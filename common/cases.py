@@ -1,0 +1,123 @@
+"""The conformance cases: seeded inputs every backend computes, and what a perfect backend would get.
+
+Nothing in a record is needed to rebuild a case but its `Cases` (seeds and sizes):
+* logits / shapes: common.weights.random_weights(spec, weights_seed) (random biases and batch-norm
+  statistics too), `batch` random images from input_seed, evaluation mode.
+* loss / gradients: the same weights and images, random labels, training mode, dropout off.
+* trajectory / final weights: common.weights.init(spec, init_seed), the first steps * train_batch
+  Fashion-MNIST training images in file order, `steps` steps of plain SGD at lr (the chapter's
+  optimizer), dropout off.
+* momentum trajectory / final weights: the same start, `momentum_steps` steps of SGD with momentum
+  and coupled weight decay (the paper's optimizer, and every framework's other SGD formulation).
+The float64 NumPy reference of a case is computed once and cached on disk by a hash of the spec,
+the cases and REFERENCE_VERSION.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import calc, data, reference, weights
+from .fsio import atomic_path
+
+REFERENCE_VERSION = 5  # bump when common.reference or the cases change what they compute: the cache key
+
+
+@dataclass(frozen=True)
+class Cases:
+    weights_seed: int = 11
+    init_seed: int = 0
+    input_seed: int = 5
+    batch: int = 4  # images for logits and gradients (> 1: batch norm needs a batch)
+    steps: int = 8  # plain SGD steps (docs/conformance.md: why 8)
+    train_batch: int = 4  # small: the float64 reference and its perturbed copies train too
+    lr: float = 0.05  # the chapter's rate
+    momentum_steps: int = 3  # the second step is the first to use the momentum buffer
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "cases") -> Cases:
+        """Cases from a record's metadata, every field checked; bounded, so a record cannot ask for days of work."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected an object, got {type(d).__name__}")
+        fields = {f: v for f, v in asdict(cls()).items()}
+        unknown = sorted(set(d) - set(fields))
+        missing = sorted(set(fields) - set(d))
+        if unknown or missing:
+            raise ValueError(f"{source}: fields differ from {sorted(fields)}: unknown {unknown}, missing {missing}")
+        limits = {"batch": (1, 64), "steps": (1, 100), "train_batch": (1, 64), "momentum_steps": (1, 100)}
+        for name, default in fields.items():
+            v = d[name]
+            if isinstance(default, int):
+                low, high = limits.get(name, (0, 2**31))
+                if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                    raise ValueError(f"{source}.{name}: expected an integer from {low} to {high}, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not 0 <= v <= 10:
+                raise ValueError(f"{source}.{name}: expected a number in [0, 10], got {v!r}")
+        return cls(**d)
+
+
+def inputs(spec, cases: Cases) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 NCHW, labels int32) of the logits and gradient cases."""
+    rng = np.random.default_rng(cases.input_seed)
+    images = rng.random((cases.batch,) + spec.input_shape, dtype=np.float32)
+    labels = rng.integers(0, spec.num_classes, size=cases.batch).astype(np.int32)
+    return images, labels
+
+
+def training_batches(spec, cases: Cases, data_dir=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The Fashion-MNIST batches of both training runs (the momentum run uses the first ones)."""
+    return data.fixed_batches(spec, max(cases.steps, cases.momentum_steps), cases.train_batch, data_dir)
+
+
+def compute(spec, cases: Cases, batches, *, rounding: reference.Rounding | None = None) -> dict[str, np.ndarray]:
+    """Every quantity a record holds for one variant, computed by the float64 reference (with
+    `rounding`: a perturbed copy, see common.errormodel). Keys as in a record, without the variant."""
+    w = weights.random_weights(spec, cases.weights_seed)
+    images, labels = inputs(spec, cases)
+    out = {"logits": reference.forward(spec, w, images, rounding=rounding)}
+    loss, grads = reference.loss_and_grads(spec.with_dropout(0.0), w, images, labels, rounding=rounding)
+    out["loss"] = np.array([loss])
+    out.update({f"grad/{k}": v for k, v in grads.items()})
+    init = weights.init(spec, cases.init_seed)
+    runs = (("", batches[:cases.steps], {}),
+            ("momentum/", batches[:cases.momentum_steps], {"momentum": cases.momentum,
+                                                            "weight_decay": cases.weight_decay}))
+    for prefix, run, sgd in runs:
+        losses, final = reference.train_trajectory(spec, init, run, lr=cases.lr, rounding=rounding, **sgd)
+        out[f"{prefix}trajectory"] = losses
+        out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
+    return out
+
+
+def case_key(spec, cases: Cases, *extra) -> str:
+    """The hash that names a case's cached results: the spec, the cases and the reference's version."""
+    identity = [spec.to_json(), asdict(cases), sorted(calc.param_shapes(spec).items()), REFERENCE_VERSION, *extra]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NIN_CACHE_DIR") or Path.home() / ".cache" / "nin")
+
+
+def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
+    """What a perfect backend would record, in float64; cached on disk by case_key."""
+    cache = cache_dir() / "reference" / f"{spec.name}-{case_key(spec, cases)}.npz"
+    if use_cache and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return dict(z)
+        except (OSError, ValueError, EOFError):
+            pass  # a damaged cache entry is recomputed
+    out = compute(spec, cases, training_batches(spec, cases, data_dir))
+    if use_cache:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **out)
+    return out

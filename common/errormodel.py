@@ -1,0 +1,102 @@
+"""The error model: how far a correct implementation in a given precision may be from the float64 reference.
+
+For each case (common.cases) and precision, the float64 reference is run MEMBERS more times with the
+rounding errors of that precision injected (common.reference.Rounding: every dot product of every
+convolution, forward and backward, batch-norm statistics, averages, the weights stored after each
+step), each with its own random draw. The *spread* of a quantity is the largest distance of a
+perturbed copy from the unperturbed run: elementwise for logits, loss and the loss trajectories,
+as a norm per tensor for gradients and weight updates. It measures the case itself: a
+well-conditioned case moves by ~1e-7 in float32, a chaotic one (ReLU and max-pool kinks that flip,
+batch norm over four images) by far more, whoever computes it.
+
+common.tolerances turns a spread into the bound of a check. Spreads are measured once, with float64
+arithmetic and seeded draws (so they do not depend on the machine's BLAS), and stored in
+common/error_model.json, keyed by the case's hash; `nin error-model` re-measures them, and a spec
+that is not in the file is measured on first use and cached in ~/.cache/nin/error-model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import cases as case_lib
+from .fsio import atomic_write_text
+from .reference import Rounding
+
+UNITS = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "fast": 2.0 ** -11}  # fast: TF32 keeps 10 mantissa bits
+MEMBERS = 8  # kink flips are discrete events: four copies can miss one that a real run makes
+MODEL_VERSION = 2  # bump when the injected rounding changes: the key of every stored spread
+STORE = Path(__file__).resolve().parent / "error_model.json"
+
+# How a quantity is compared: elementwise ("max") or as a whole tensor ("norm").
+ELEMENTWISE = ("logits", "loss", "trajectory", "momentum/trajectory")
+
+
+def measure(kind: str) -> str:
+    return "max" if kind in ELEMENTWISE else "norm"
+
+
+def kind_of(key: str) -> str:
+    """The quantity a record key names: logits, loss, grad, trajectory, final, momentum/trajectory, momentum/final."""
+    for prefix in ("momentum/final/", "final/", "grad/"):
+        if key.startswith(prefix):
+            return prefix[:-1]
+    return key
+
+
+def spread_of(key: str, perturbed: list[np.ndarray], exact: np.ndarray) -> list:
+    """The largest distance of the perturbed copies from the exact run: elementwise, or one norm.
+    Weight updates are compared as updates (final - init), as the checks compare them."""
+    if measure(kind_of(key)) == "max":
+        return np.max([np.abs(p - exact) for p in perturbed], axis=0).reshape(-1).tolist()
+    return [float(max(np.linalg.norm(p - exact) for p in perturbed))]
+
+
+def key(spec, cases, precision: str) -> str:
+    return case_lib.case_key(spec, cases, "error-model", MODEL_VERSION, precision, MEMBERS)
+
+
+def compute_spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, list]:
+    """Run the MEMBERS perturbed copies of every case of `spec` and measure each quantity's spread."""
+    batches = case_lib.training_batches(spec, cases, data_dir)
+    exact = case_lib.reference_results(spec, cases, data_dir)
+    members = []
+    for m in range(MEMBERS):
+        if progress:
+            progress(f"{spec.name} {precision}: perturbed copy {m + 1} of {MEMBERS}")
+        members.append(case_lib.compute(spec, cases, batches, rounding=Rounding(UNITS[precision], seed=m)))
+    return {k: spread_of(k, [r[k] for r in members], exact[k]) for k in exact}
+
+
+def _load_store(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, np.ndarray]:
+    """The stored spreads of this case, else those cached on this machine, else measured now (and cached)."""
+    if precision not in UNITS:
+        raise ValueError(f"precision must be one of {sorted(UNITS)}, got {precision!r}")
+    k = key(spec, cases, precision)
+    entry = _load_store(STORE).get(k)
+    cache = case_lib.cache_dir() / "error-model" / f"{spec.name}-{k}.json"
+    if entry is None and cache.is_file():
+        entry = _load_store(cache).get(k)
+    if entry is None:
+        entry = {"variant": spec.name, "precision": precision, "unit": UNITS[precision], "members": MEMBERS,
+                 "spreads": compute_spreads(spec, cases, precision, data_dir, progress=progress)}
+        atomic_write_text(cache, json.dumps({k: entry}))
+    return {name: np.asarray(v, dtype=np.float64) for name, v in entry["spreads"].items()}
+
+
+def store(entries: dict[str, dict], path: Path = STORE) -> Path:
+    """Merge measured entries into the committed file (one line per entry, stable order)."""
+    current = _load_store(path)
+    current.update(entries)
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(current.items())]
+    return atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")

@@ -1,0 +1,184 @@
+"""The conformance record format: one safetensors file of arrays plus JSON metadata, and its validation.
+
+A record holds what one backend computed for the cases of common.cases (logits, loss,
+per-parameter gradients, the losses and final weights of two short training runs, per variant) as
+tensors, and everything else (versions, device, precision, compile mode, numerics settings, the
+cases' seeds and sizes, shapes, parameter counts) as JSON in its metadata under the key "record".
+Records are written inside the backend's own process (conformance.record) and read anywhere.
+
+`read_record` checks everything before any value is compared: every metadata field's type and
+value (an unknown precision is an error, never a fallback to another tolerance), every variant's
+spec, and every tensor's name, dtype and shape against what the metadata says the record holds.
+A record that lists no variant checks nothing and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import calc
+from .cases import Cases
+from .fsio import atomic_path
+from .spec import NetSpec, SpecError
+
+FORMAT = "nin-conformance-record/2"
+PRECISIONS = ("fp32", "fp64", "fast")
+DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
+DEVICES = ("cpu", "gpu")
+COMPILES = ("eager", "compiled")
+FIELDS = {  # metadata field -> type; the first nine are required
+    "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
+    "numerics": dict, "cases": dict, "variants": dict,
+    "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
+    "command": str,
+}
+REQUIRED = tuple(FIELDS)[:9]
+MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
+
+
+class RecordError(ValueError):
+    """A record that cannot be read or is not what it says; names the file and the field."""
+
+
+@dataclass
+class Record:
+    path: Path
+    meta: dict
+    tensors: dict
+    cases: Cases
+    specs: dict  # variant name -> NetSpec
+
+    @property
+    def backend(self) -> str:
+        return self.meta["backend"]
+
+    @property
+    def precision(self) -> str:
+        return self.meta["precision"]
+
+
+def write_record(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+                  metadata={"record": json.dumps(meta)})
+    return Path(path)
+
+
+def expected_tensors(spec: NetSpec, cases: Cases) -> dict[str, tuple[int, ...]]:
+    """Every tensor a record holds for one variant, by key (without the variant) and shape."""
+    params = {k: v for k, v in calc.param_shapes(spec).items() if calc.is_trainable(k)}
+    out = {"logits": (cases.batch, spec.num_classes), "loss": (1,), "trajectory": (cases.steps,),
+           "momentum/trajectory": (cases.momentum_steps,)}
+    for prefix in ("grad/", "final/", "momentum/final/"):
+        out.update({prefix + k: shape for k, shape in params.items()})
+    return out
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _check_meta(path: Path, meta) -> None:
+    if not isinstance(meta, dict):
+        raise RecordError(f"{path}: metadata: expected an object, got {_json_type(meta)}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise RecordError(f"{path}: metadata: missing field(s) {missing}")
+    unknown = [k for k in meta if k not in FIELDS]
+    if unknown:
+        raise RecordError(f"{path}: metadata: unknown field(s) {unknown}; expected some of {list(FIELDS)}")
+    for name, kind in FIELDS.items():
+        if name in meta and not isinstance(meta[name], kind):
+            expected = "an object" if kind is dict else "a string"
+            raise RecordError(f"{path}: metadata.{name}: expected {expected}, got {_json_type(meta[name])}")
+    if meta["format"] != FORMAT:
+        raise RecordError(f"{path}: metadata.format: {meta['format']!r}, expected {FORMAT!r}")
+    for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILES)):
+        if meta[name] not in allowed:
+            raise RecordError(f"{path}: metadata.{name}: {meta[name]!r}, expected one of {list(allowed)}")
+    for name in ("versions", "numerics"):
+        bad = [k for k, v in meta[name].items() if not isinstance(v, str)]
+        if bad:
+            raise RecordError(f"{path}: metadata.{name}.{bad[0]}: expected a string")
+
+
+def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
+    where = f"{path}: metadata.variants.{name}"
+    if not isinstance(info, dict):
+        raise RecordError(f"{where}: expected an object, got {_json_type(info)}")
+    keys = {"spec", "layer_shapes", "param_count"}
+    if set(info) != keys:
+        raise RecordError(f"{where}: fields {sorted(info)}, expected {sorted(keys)}")
+    try:
+        spec = NetSpec.from_dict(info["spec"], source=f"{where}.spec")
+    except SpecError as e:
+        raise RecordError(str(e)) from None
+    if spec.name != name:
+        raise RecordError(f"{where}.spec.name: {spec.name!r}, expected {name!r}")
+    shapes = info["layer_shapes"]
+    if not (isinstance(shapes, list) and all(isinstance(s, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) for d in s) for s in shapes)):
+        raise RecordError(f"{where}.layer_shapes: expected a list of lists of integers, got {json.dumps(shapes)[:60]}")
+    count = info["param_count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise RecordError(f"{where}.param_count: expected a non-negative integer, got {count!r}")
+    return spec
+
+
+def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, precision: str) -> None:
+    dtype = DTYPES[precision]
+    expected = {f"{v}/{k}": shape for v, spec in specs.items() for k, shape in expected_tensors(spec, cases).items()}
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise RecordError(f"{path}: tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} belong to no variant "
+                          f"the metadata lists ({sorted(specs)})")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise RecordError(f"{path}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    for key, shape in expected.items():
+        t = tensors[key]
+        if str(t.dtype) != dtype:
+            raise RecordError(f"{path}: tensor {key} is {t.dtype}; a {precision} record holds {dtype}")
+        if tuple(t.shape) != shape:
+            raise RecordError(f"{path}: tensor {key} has shape {tuple(t.shape)}, the spec and cases give {shape}")
+
+
+def read_record(path) -> Record:
+    """Read and validate a record; RecordError names the file and the first field that is wrong."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: no such record file" + (" (a directory)" if path.is_dir() else ""))
+    if path.stat().st_size > MAX_BYTES:
+        raise RecordError(f"{path}: {path.stat().st_size:,} bytes: too large to be a record")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta_text = (f.metadata() or {}).get("record")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError, zlib.error) as e:
+        raise RecordError(f"{path}: not a readable record (truncated or not safetensors): {e}") from None
+    if meta_text is None:
+        raise RecordError(f"{path}: has no 'record' metadata; not written by `nin record`")
+    try:
+        meta = json.loads(meta_text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise RecordError(f"{path}: its metadata is not valid JSON: {e}") from None
+    _check_meta(path, meta)
+    try:
+        cases = Cases.from_dict(meta["cases"], source="metadata.cases")
+    except ValueError as e:
+        raise RecordError(f"{path}: {e}") from None
+    if not meta["variants"]:
+        raise RecordError(f"{path}: metadata.variants is empty: the record checks nothing")
+    specs = {name: _check_variant(path, name, info, cases) for name, info in meta["variants"].items()}
+    _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"])
+    return Record(path, meta, tensors, cases, specs)

@@ -1,0 +1,202 @@
+"""Records against the float64 reference and against each other: the checks of the matrix.
+
+Every numeric check is common.tolerances.judge with the bound of common.tolerances.bound: the same
+function the backend tests call in-process (tests/test_backends.py). A bad record never raises here:
+it becomes a failed 'record' row that names the file and the problem, and a comparison that ends up
+checking nothing fails and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import calc, errormodel, weights
+from common.cases import Cases, reference_results
+from common.records import Record, RecordError, read_record
+from common.tolerances import CHECKS, FACTOR, bound, judge
+
+
+@dataclass
+class Check:
+    variant: str
+    check: str  # shapes, params, one of common.tolerances.CHECKS, or record (the file itself)
+    against: str  # "reference", "spec", another record's label, or "-"
+    backend: str  # this record's label
+    measured: float | None  # max |a - b| (elementwise checks) or ||a - b|| / ||b|| (norm checks)
+    bound: str  # what the bound is made of
+    ratio: float  # measured error in units of the bound: <= 1 passes
+    passed: bool
+    detail: str = ""
+    path: str = ""
+
+
+@dataclass
+class Comparison:
+    rows: list[Check] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)  # what was compared with what, one line each
+
+    @property
+    def numeric_checks(self) -> int:
+        return sum(r.check in CHECKS for r in self.rows)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+
+def _keys(check: str, reference: dict) -> list[str]:
+    prefix = CHECKS[check]
+    return [k for k in reference if (k.startswith(prefix) if prefix.endswith("/") else k == prefix)]
+
+
+def as_updates(values: dict[str, np.ndarray], init: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Final weights as the update training made (final - init): the init would otherwise dominate the
+    norm and hide a wrong step (biases start at zero)."""
+    out = {}
+    for k, v in values.items():
+        name = k.split("final/", 1)[1] if "final/" in k else None
+        out[k] = v - init[name] if name in init and np.shape(v) == init[name].shape else v
+    return out
+
+
+def bounds_for(reference: dict, spreads: dict, precision: str) -> dict[str, np.ndarray]:
+    """Every quantity's bound for a `precision` implementation (reference as updates, see as_updates)."""
+    return {k: bound(errormodel.kind_of(k), reference[k], spreads[k], precision) for k in reference}
+
+
+def check_values(variant: str, label: str, against: str, *, values: dict, reference: dict,
+                 bounds: dict) -> list[Check]:
+    """One row per check: the worst tensor of its group decides, and is named."""
+    rows = []
+    for check in CHECKS:
+        verdicts = []
+        for key in _keys(check, reference):
+            if key not in values:
+                verdicts.append((float("inf"), float("inf"), f"{key}: missing"))
+                continue
+            v = judge(errormodel.kind_of(key), values[key], reference[key], bounds[key])
+            name = key.split("/", 1)[1] if check in ("gradients", "final_weights", "momentum_final_weights") else ""
+            verdicts.append((v.ratio, v.measured, " ".join(filter(None, [name, v.detail]))))
+        if not verdicts:
+            continue
+        ratio, measured, detail = max(verdicts, key=lambda t: t[0])
+        what = "max" if errormodel.measure(errormodel.kind_of(_keys(check, reference)[0])) == "max" else "norm"
+        rows.append(Check(variant, check, against, label, None if not np.isfinite(measured) else measured,
+                          f"{what}: {FACTOR:g} x spread + floor", ratio, ratio <= 1.0,
+                          f"worst: {detail}" if len(verdicts) > 1 and detail else detail))
+    return rows
+
+
+def check_structure(rec: Record, variant: str, label: str) -> list[Check]:
+    spec = rec.specs[variant]
+    info = rec.meta["variants"][variant]
+    want = [list(s) for s in calc.layer_output_shapes(spec)]
+    got = info["layer_shapes"]
+    bad = [i for i, (a, b) in enumerate(zip(got, want)) if list(a) != b]
+    ok = len(got) == len(want) and not bad
+    detail = "" if ok else (f"layer {bad[0]}: {got[bad[0]]} vs spec {want[bad[0]]}" if bad
+                            else f"{len(got)} layers vs spec {len(want)}")
+    rows = [Check(variant, "shapes", "spec", label, None, "exact", 0.0 if ok else float("inf"), ok, detail,
+                  str(rec.path))]
+    want_n, got_n = calc.param_count(spec), info["param_count"]
+    rows.append(Check(variant, "params", "spec", label, None, "exact", 0.0 if got_n == want_n else float("inf"),
+                      got_n == want_n, "" if got_n == want_n else f"{got_n} vs spec {want_n}", str(rec.path)))
+    return rows
+
+
+def labels(recs: list[Record]) -> dict[int, str]:
+    """backend/compile, plus device and precision where the records differ in them, plus the file
+    name where two records would still read the same."""
+    differ = {k: len({r.meta[k] for r in recs}) > 1 for k in ("device", "precision")}
+    base = {}
+    for i, r in enumerate(recs):
+        text = f"{r.backend}/{r.meta['compile']}"
+        extra = [r.meta[k] for k in ("device", "precision") if differ[k]]
+        base[i] = text + (f"@{'-'.join(extra)}" if extra else "")
+    counts = {t: list(base.values()).count(t) for t in base.values()}
+    return {i: t if counts[t] == 1 else f"{t} ({recs[i].path.name})" for i, t in base.items()}
+
+
+def _failed(label: str, detail: str, path="", variant="-") -> Check:
+    return Check(variant, "record", "-", label, None, "readable", float("inf"), False, detail, str(path))
+
+
+def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -> Comparison:
+    """Every record against the reference and against every other record that holds the same variant."""
+    out = Comparison()
+    recs: list[Record] = []
+    seen: dict[Path, str] = {}
+    for p in paths:
+        resolved = Path(p).resolve()
+        if resolved in seen:
+            out.rows.append(_failed(Path(p).name, f"{p} is given twice: a record compared with itself checks nothing",
+                                    p))
+            continue
+        seen[resolved] = str(p)
+        try:
+            recs.append(read_record(p))
+        except RecordError as e:
+            out.rows.append(_failed(Path(p).name, str(e), p))
+    names = labels(recs)
+    for i, r in enumerate(recs):
+        out.compared.append(f"{names[i]}: {r.path} ({r.meta['precision']}, {r.meta['device']} "
+                            f"{r.meta.get('device_name', '')}, {r.meta['compile']}; "
+                            f"{', '.join(f'{k} {v}' for k, v in r.meta['versions'].items() if k != 'numpy')}); "
+                            f"variants {', '.join(r.specs)}")
+    if len({r.cases for r in recs}) > 1:
+        out.rows.append(_failed(",".join(names.values()), "records were made with different cases (seeds or sizes): "
+                                "not comparable"))
+        return out
+    variants = list(dict.fromkeys(v for r in recs for v in r.specs))
+    for variant in variants:
+        holders = [i for i, r in enumerate(recs) if variant in r.specs]
+        spec = recs[holders[0]].specs[variant]
+        cases: Cases = recs[holders[0]].cases
+        if progress:
+            progress(f"reference: {variant}")
+        ref = reference_results(spec, cases, data_dir, use_cache)
+        init = weights.init(spec, cases.init_seed)
+        ref_updates = as_updates(ref, init)
+        bounds = {}
+        for prec in {recs[i].precision for i in holders}:
+            bounds[prec] = bounds_for(ref_updates, errormodel.spreads(spec, cases, prec, data_dir, progress), prec)
+        same_net = []
+        for i in holders:
+            rec = recs[i]
+            if rec.specs[variant] != spec:
+                out.rows.append(_failed(names[i], f"{rec.path.name} built a different network under the name "
+                                        f"{variant!r} than {recs[holders[0]].path.name}", rec.path, variant))
+                continue
+            same_net.append(i)
+            out.rows += check_structure(rec, variant, names[i])
+            values = as_updates({k[len(variant) + 1:]: v for k, v in rec.tensors.items()
+                                 if k.startswith(variant + "/")}, init)
+            rows = check_values(variant, names[i], "reference", values=values, reference=ref_updates,
+                                bounds=bounds[rec.precision])
+            for row in rows:
+                row.path = str(rec.path)
+            out.rows += rows
+        for a_pos, a in enumerate(same_net):
+            for b in same_net[a_pos + 1:]:
+                va = as_updates({k[len(variant) + 1:]: v for k, v in recs[a].tensors.items()
+                                 if k.startswith(variant + "/")}, init)
+                vb = as_updates({k[len(variant) + 1:]: v for k, v in recs[b].tensors.items()
+                                 if k.startswith(variant + "/")}, init)
+                pair = {k: bounds[recs[a].precision][k] + bounds[recs[b].precision][k] for k in ref_updates}
+                rows = check_values(variant, names[a], names[b], values=va,
+                                    reference={k: vb[k] for k in ref_updates}, bounds=pair)
+                identical = all(np.array_equal(va[k], vb[k]) for k in ref_updates)
+                for row in rows:
+                    row.path = str(recs[a].path)
+                    row.bound = "sum of both bounds"
+                    if identical:
+                        row.detail = "identical values"
+                out.rows += rows
+    if recs and out.numeric_checks == 0:
+        out.rows.append(_failed("-", "0 checks ran: no record held a variant that could be compared"))
+    if not paths:
+        out.rows.append(_failed("-", "no record was given"))
+    return out

@@ -1,0 +1,128 @@
+"""The worker side of `nin record`: run in the backend's own interpreter, write one record.
+
+    python -m conformance.record --backend torch --variant d2l paper --device cpu --precision fp32 \
+        --compile eager --out records/torch-cpu-fp32-eager.safetensors
+
+It imports the backend by the registry's name (harness.processes.load), computes every case of
+common.cases with the backend's own functions (`compute_variant`, which the tests call in-process
+too) and writes the record atomically (common.records.write_record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from common import calc, records, weights
+from common import spec as specs
+from common.cases import Cases, inputs, training_batches
+from common.fsio import check_writable
+from harness import processes
+
+DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
+
+
+def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device: str, precision: str,
+                    compile: str) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors, info) of one variant: what the backend computes for every case, keys without the variant."""
+    dtype, compiled = DTYPES[precision], compile == "compiled"
+    w = weights.random_weights(spec, cases.weights_seed)
+    images, labels = inputs(spec, cases)
+    model = model_mod.build(spec, device=device, dtype=dtype, compiled=compiled)
+    model_mod.load_weights(model, w)
+    out = {"logits": model_mod.forward(model, images)}
+    shapes = model_mod.layer_shapes(model, images)
+    exported = model_mod.export_weights(model)
+
+    nodrop = spec.with_dropout(0.0)
+    model = model_mod.build(nodrop, device=device, dtype=dtype, compiled=compiled)
+    model_mod.load_weights(model, w)
+    loss, grads = train_mod.loss_and_grads(model, images, labels)
+    out["loss"] = np.array([loss], dtype=dtype)
+    out.update({f"grad/{k}": g for k, g in grads.items()})
+
+    init = weights.init(spec, cases.init_seed)
+    runs = (("", cases.steps, specs.TrainConfig(lr=cases.lr)),
+            ("momentum/", cases.momentum_steps, specs.TrainConfig(lr=cases.lr, momentum=cases.momentum,
+                                                                  weight_decay=cases.weight_decay)))
+    for prefix, steps, config in runs:
+        model = model_mod.build(nodrop, device=device, dtype=dtype, compiled=compiled)
+        model_mod.load_weights(model, init)
+        optimizer = train_mod.make_optimizer(model, config)
+        losses = [train_mod.train_step(model, optimizer, x, y) for x, y in batches[:steps]]
+        out[f"{prefix}trajectory"] = np.array(losses, dtype=dtype)
+        final = model_mod.export_weights(model)
+        out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
+    info = {
+        "spec": spec.to_dict(),
+        "layer_shapes": [list(s) for s in shapes],
+        "param_count": int(sum(v.size for k, v in exported.items() if calc.is_trainable(k))),
+    }
+    return {k: np.asarray(v, dtype=dtype) for k, v in out.items()}, info
+
+
+def make_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
+                cases: Cases = Cases(), data_dir=None, progress=None) -> Path:
+    model_mod = processes.load(backend, "model")
+    train_mod = processes.load(backend, "train")
+    numerics = train_mod.configure(device, precision)
+    tensors: dict[str, np.ndarray] = {}
+    per_variant = {}
+    for name in variants:
+        spec = specs.get(name)
+        if progress:
+            progress(f"{backend} {precision} {compile}: {spec.name}")
+        values, info = compute_variant(model_mod, train_mod, spec, cases=cases,
+                                       batches=training_batches(spec, cases, data_dir), device=device,
+                                       precision=precision, compile=compile)
+        tensors.update({f"{spec.name}/{k}": v for k, v in values.items()})
+        per_variant[spec.name] = info
+    meta = {
+        "format": records.FORMAT,
+        "backend": backend,
+        "framework": model_mod.FRAMEWORK,
+        "versions": {k: str(v) for k, v in train_mod.versions().items()},
+        "device": device,
+        "device_name": train_mod.device_name(device),
+        "precision": precision,
+        "compile": compile,
+        "numerics": {k: str(v) for k, v in numerics.items()},
+        "cases": asdict(cases),
+        "variants": per_variant,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    return records.write_record(out, tensors, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conformance.record", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", required=True)
+    p.add_argument("--variant", nargs="+", required=True)
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--precision", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--compile", default="eager", choices=("eager", "compiled"))
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    missing = processes.missing_here(args.backend)
+    if missing:
+        print(f"nin record: {', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
+        return 3
+    check_writable(args.out, "--out")
+    out = make_record(args.backend, args.variant, device=args.device, precision=args.precision, compile=args.compile,
+                      out=args.out, progress=lambda m: print(f"  recording {m}", file=sys.stderr, flush=True))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the drivers share: starting a backend in its own interpreter, and loading it there."""
