@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import runner
 from common import backends, calc, tables
 from common import spec as specs
 from common.backends import BackendError
@@ -29,6 +30,8 @@ from common.records import RecordError
 from common.spec import SpecError
 from common.weights import WeightsError
 from harness import processes
+from idioms import cli as idioms_cli
+from training import cli as training_cli
 
 ROOT = backends.ROOT
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -319,9 +322,11 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_error_model)
 
     b = sub.add_parser("bench", help="training and inference throughput per backend")
-    from benchmarks import runner
     runner.add_arguments(b)
     b.set_defaults(func=runner.main)
+
+    training_cli.add_commands(sub)  # train, plot, lr-find: training/cli.py
+    idioms_cli.add_commands(sub)  # idioms: idioms/cli.py
     return p
 
 

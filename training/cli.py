@@ -1,0 +1,5 @@
+"""The `nin` subcommands of the training driver."""
+
+
+def add_commands(sub) -> None:
+    """Add this driver's subcommands to the `nin` parser's subparsers (nin/cli.py calls it)."""
