@@ -40,10 +40,10 @@ ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABL
                "TF_FORCE_", "MXNET_", "TORCH", "PYTORCH_", "NIN_PYTHON_")
 
 
-def _count(least: int):
+def _count(least: int, most: int):
     def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < least:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        if not (text.isascii() and text.isdigit() and len(text) < 12 and least <= int(text) <= most):
+            raise argparse.ArgumentTypeError(f"expected an integer from {least} to {most:,}, got {text!r}")
         return int(text)
     return parse
 
@@ -58,13 +58,15 @@ def _seconds(text: str) -> float:
     return value
 
 
-COMPILE_MODES = ("eager", "graph", "compiled")
+COMPILE_MODES = ("eager", "graph", "compiled", "plain")
+MAX_BATCH = 1_000_000  # images per step: past this a batch's index overflows some frameworks' 32-bit sizes
 
 
 def _compiles(backend: str, asked: list[str]) -> list[str]:
-    """The compile modes to run for a backend: those asked for, or with "all" every mode it offers."""
-    offered = backends.get(backend).compile_modes
-    return list(offered) if "all" in asked else list(asked)
+    """The compile modes to run for a backend: those asked for; "all" stands for every mode it offers."""
+    offered = list(backends.get(backend).compile_modes)
+    expanded = [m for a in asked for m in (offered if a == "all" else [a])]
+    return list(dict.fromkeys(expanded))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -74,19 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--variant", default="d2l", help="a named variant or a .json spec file (default: d2l)")
     parser.add_argument("--mode", nargs="+", dest="modes", choices=worker.MODES, default=list(worker.MODES),
                         help="train (forward, backward, SGD step) and/or infer (default: both)")
-    parser.add_argument("--batch-size", nargs="+", dest="batch_sizes", type=_count(1), metavar="N", default=[128],
+    parser.add_argument("--batch-size", nargs="+", dest="batch_sizes", type=_count(1, MAX_BATCH), metavar="N",
+                        default=[128],
                         help="batch sizes (default: 128)")
     parser.add_argument("--precision", nargs="+", dest="precisions", choices=worker.PRECISIONS, default=["fp32"],
                         help="fp32 (TF32 off), tf32, bf16 (mixed precision) (default: fp32)")
     parser.add_argument("--compile", nargs="+", dest="compiles", metavar="MODE", default=["all"],
                         help="eager, compiled (torch.compile, XLA, jax.jit, hybridize), graph (Keras: tf.function "
-                             "without XLA), or all: every mode each backend offers (default)")
+                             "without XLA), all: every mode each backend offers (default), plain: the chapter's "
+                             "d2l code in the backend's framework, the yardstick (benchmarks/plain.py)")
     parser.add_argument("--device", choices=("auto",) + worker.DEVICES, default="auto",
                         help="auto: gpu when nvidia-smi lists one, else cpu")
-    parser.add_argument("--warmup", type=_count(0), default=5, help="untimed steps after the first (default: 5)")
-    parser.add_argument("--windows", type=_count(1), default=5,
+    parser.add_argument("--warmup", type=_count(0, 100_000), default=5,
+                        help="untimed steps after the first (default: 5)")
+    parser.add_argument("--windows", type=_count(1, 1000), default=5,
                         help="timed windows; the median is reported (default: 5)")
-    parser.add_argument("--steps", type=_count(1), default=10, help="steps per timed window (default: 10)")
+    parser.add_argument("--steps", type=_count(1, 100_000), default=10, help="steps per timed window (default: 10)")
     parser.add_argument("--timeout", type=_seconds, default=1800, help="seconds allowed per configuration")
     parser.add_argument("--verify", action="store_true",
                         help="time each configuration again with an independent plain loop (torch, jax)")
@@ -138,7 +143,7 @@ def command_line(argv: list[str]) -> str:
         return ""
     program = Path(argv[0]).resolve()
     if program.suffix == ".py" and program.is_relative_to(backends.ROOT):
-        module = ".".join(program.relative_to(backends.ROOT).with_suffix("").parts)
+        module = ".".join(program.relative_to(backends.ROOT).with_suffix("").parts).removesuffix(".__main__")
         return shlex.join(["python", "-m", module, *argv[1:]])
     return shlex.join([Path(argv[0]).name, *argv[1:]])
 
@@ -176,9 +181,13 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 2
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     device = device_info(args.device)
-    out = args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json"
+    out = Path(args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json")
     try:
         check_writable(out, "--out")  # before the work: a bad path must not lose a finished sweep
+        if out.suffix != ".json":  # the .md and .png go beside it, named by replacing the suffix
+            raise OutputError(f"--out {out}: expected a .json file name (the .md table and .png plot go beside it)")
+        for path in (out.with_suffix(".md"), out.with_suffix(".png")):
+            check_writable(path, f"--out's {path.suffix}")
     except OutputError as e:
         print(f"nin bench: {e}", file=sys.stderr)
         return 2
@@ -190,6 +199,39 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     results, skipped = [], {}
     load_before = os.getloadavg()  # other processes on the machine show up here, and in the spread
     bar = tqdm(configs, desc="nin bench", unit="config", file=sys.stderr, dynamic_ncols=True)
+    try:
+        _sweep(bar, results, skipped, spec=spec, peak=peak, timeout=args.timeout)
+        if args.verify:
+            verify_timing.check(results, args.timeout)
+        interrupted = None
+    except KeyboardInterrupt as e:  # keep what was measured: the results so far are written below
+        interrupted = e
+    bar.close()
+    doc, written = _write(args, argv, results, spec=spec, device=device, peak=peak, variant=variant, out=out,
+                     load_before=load_before, interrupted=interrupted is not None)
+    if interrupted:
+        print(f"nin bench: interrupted after {len(results)} of {len(configs)} configurations; wrote "
+              + ", ".join(str(p) for p in written), file=sys.stderr)
+        raise interrupted
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(report.table(results))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    failed = [r for r in results if r["status"] == "error"]
+    disagree = [r for r in results if device["kind"] == "gpu" and (r.get("verify") or {}).get("agrees") is False]
+    for r in failed:  # one line each; the whole reason and traceback are in the result file
+        reason = next((line for line in str(r.get("reason", "")).splitlines() if line.strip()), "(no reason)")
+        print(f"error: {r['backend']} {r['mode']} batch {r['batch_size']} {r['compile']}: {reason[:300]}",
+              file=sys.stderr)
+    for r in disagree:
+        print(f"timing check failed: {r['backend']} {r['mode']} batch {r['batch_size']}: harness "
+              f"{r['images_per_second']:.1f} vs loop {r['verify']['images_per_second']:.1f} images/s", file=sys.stderr)
+    return 1 if failed or disagree else 0
+
+
+def _sweep(bar, results: list, skipped: dict, *, spec, peak, timeout: float) -> None:
+    """Run every configuration, one worker process each; a failure is a result, and the sweep goes on."""
     for config in bar:
         bar.set_postfix_str(f"{config['backend']} {config['mode']} batch {config['batch_size']} {config['precision']} "
                             + config["compile"])
@@ -198,13 +240,15 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             result = {**config, "status": "skipped", "reason": skipped[config["backend"]]}
         else:
             result = {**config, **processes.call(config["backend"], "benchmarks.worker", worker.arguments(config),
-                                                 args.timeout), "worker_command": shlex.join(cmd)}
+                                                 timeout), "worker_command": shlex.join(cmd)}
         if result["status"] == "skipped" and "not installed" in result.get("reason", ""):
             skipped[config["backend"]] = result["reason"]
         results.append(annotate(result, spec, peak))
-    if args.verify:
-        verify_timing.check(results, args.timeout)
 
+
+def _write(args, argv: list[str], results: list, *, spec, device: dict, peak, variant: str, out: Path,
+           load_before, interrupted: bool) -> tuple[dict, list[Path]]:
+    """The result document, its table and its plot, each written atomically."""
     s = calc.summary(spec)
     doc = {
         "command": command_line(argv),
@@ -225,22 +269,11 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "versions": {r["backend"]: r["versions"] for r in results if r.get("versions")},
         "results": results,
     }
+    if interrupted:
+        doc["interrupted"] = True  # results holds the configurations that ran before the interruption
     if device["name"] is None:  # a GPU that nvidia-smi did not describe: take the framework's name
         device["name"] = doc["device"]["name"] = next((r["device_name"] for r in results if r.get("device_name")), None)
-    written = report.write(doc, out)
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(report.table(results))
-    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    failed = [r for r in results if r["status"] == "error"]
-    disagree = [r for r in results if device["kind"] == "gpu" and (r.get("verify") or {}).get("agrees") is False]
-    for r in failed:
-        print(f"error: {r['backend']} {r['mode']} batch {r['batch_size']}: {r['reason']}", file=sys.stderr)
-    for r in disagree:
-        print(f"timing check failed: {r['backend']} {r['mode']} batch {r['batch_size']}: harness "
-              f"{r['images_per_second']:.1f} vs loop {r['verify']['images_per_second']:.1f} images/s", file=sys.stderr)
-    return 1 if failed or disagree else 0
+    return doc, report.write(doc, out)
 
 
 def build_parser() -> argparse.ArgumentParser:

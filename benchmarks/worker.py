@@ -22,6 +22,7 @@ from common import backends
 from common import spec as specs
 from harness import processes
 
+from . import plain
 from .timing import measure
 
 MODES = ("train", "infer")
@@ -41,28 +42,48 @@ def run(config: dict) -> dict:
     try:
         train = processes.load(config["backend"], "train")
         bench = processes.load(config["backend"], "bench")
-        offered = backends.get(config["backend"]).compile_modes
+        offered = backends.get(config["backend"]).compile_modes + ("plain",)
         if config["compile"] not in offered:
             reason = f"{config['backend']} has no compile mode {config['compile']!r}; it offers {list(offered)}"
             return {**out, "status": "skipped", "reason": reason}
+        if config["compile"] == "plain" and (config["variant"], config["precision"]) != ("d2l", "fp32"):
+            return {**out, "status": "skipped", "reason": "plain code is the chapter's d2l network in fp32 only"}
         out["versions"] = train.versions()
         # "fast": autotuning on, determinism off; make_step then sets the precision's own switches.
         out["numerics"] = train.configure(config["device"], "fast")
         out["device_name"] = train.device_name(config["device"])
         bench.reset_peak_memory(config["device"])
-        step, settings = bench.make_step(specs.get(config["variant"]), mode=config["mode"],
-                                         batch_size=config["batch_size"], precision=config["precision"],
-                                         compile=config["compile"], device=config["device"])
-        timing = measure(step, lambda result: bench.synchronize(config["device"], result),
+        if config["compile"] == "plain":  # the chapter's code, as its readers write it: the yardstick
+            step, synchronize, settings = plain.STEPS[config["backend"]](
+                mode=config["mode"], batch_size=config["batch_size"], device=config["device"])
+        else:
+            step, settings = bench.make_step(specs.get(config["variant"]), mode=config["mode"],
+                                             batch_size=config["batch_size"], precision=config["precision"],
+                                             compile=config["compile"], device=config["device"])
+            synchronize = lambda result: bench.synchronize(config["device"], result)  # noqa: E731
+        timing = measure(step, synchronize,
                          batch_size=config["batch_size"], warmup=config["warmup"], windows=config["windows"],
                          steps=config["steps"])
         return {**out, "status": "ok", **timing, "peak_memory_bytes": bench.peak_memory_bytes(config["device"]),
                 "settings": settings}
     except Exception as e:  # one failing configuration must not stop the sweep
-        if isinstance(e, MemoryError) or (bench is not None and bench.is_out_of_memory(e)):
+        if out_of_memory(e) or (bench is not None and bench.is_out_of_memory(e)):
             return {**out, "status": "oom", "reason": f"{type(e).__name__}: {e}"[:2000]}
         return {**out, "status": "error", "reason": f"{type(e).__name__}: {e}"[:2000],
                 "traceback": traceback.format_exc()[-4000:]}
+
+
+# How the host's allocators say it, whatever the framework: PyTorch's DefaultCPUAllocator ("can't
+# allocate memory ... Error code 12"), C++'s std::bad_alloc, XLA's and TensorFlow's RESOURCE_EXHAUSTED,
+# MXNet's "Failed to allocate CPU Memory", NumPy's "Unable to allocate".
+HOST_OOM = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "resource_exhausted",
+            "resourceexhausted", "failed to allocate", "unable to allocate", "error code 12", "enomem")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """True when `error` says that the host (the CPU's memory) ran out; the GPU's is the backend's to say."""
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, MemoryError) or any(s in text for s in HOST_OOM)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, backend_required: bool = True) -> None:
@@ -99,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_from_args(build_parser().parse_args(argv))
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the one JSON line
-        result = run(config)
+    with processes.sigterm_unwinds(), contextlib.redirect_stdout(sys.stderr):  # stdout: the one JSON line
+        try:
+            result = run(config)
+        except KeyboardInterrupt as e:
+            result = {**config, "status": "error", "reason": "interrupted"}
+            code = processes.interrupted_status(e)
+        else:
+            code = 0
     processes.print_result(result)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

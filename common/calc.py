@@ -109,7 +109,7 @@ def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-STATE_SUFFIXES = (".running_mean", ".running_var")
+STATE_SUFFIXES = (".running_mean", ".running_var", ".running_var_unbiased")
 
 
 def is_trainable(name: str) -> bool:

@@ -7,8 +7,13 @@ Nothing in a record is needed to rebuild a case but its `Cases` (seeds and sizes
 * trajectory / final weights: common.weights.init(spec, init_seed), the first steps * train_batch
   Fashion-MNIST training images in file order, `steps` steps of plain SGD at lr (the chapter's
   optimizer), dropout off.
+* running statistics: batch norm's running mean and variance after the plain SGD run (momentum
+  convention, and the variance's bias: PyTorch keeps the unbiased one, the others the biased one).
 * momentum trajectory / final weights: the same start, `momentum_steps` steps of SGD with momentum
   and coupled weight decay (the paper's optimizer, and every framework's other SGD formulation).
+* dropout: for each dropout rate p of the spec, a probe network (dropout alone) on a batch of ones,
+  in training and in evaluation mode: a fraction p zeroed and the rest scaled by 1 / (1 - p) in
+  training, the identity in evaluation (a statistical check: frameworks draw their own masks).
 The float64 NumPy reference of a case is computed once and cached on disk by a hash of the spec,
 the cases and REFERENCE_VERSION.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,8 +31,9 @@ import numpy as np
 
 from . import calc, data, reference, weights
 from .fsio import atomic_path
+from .spec import Dropout, Flatten, GlobalAvgPool, NetSpec
 
-REFERENCE_VERSION = 5  # bump when common.reference or the cases change what they compute: the cache key
+REFERENCE_VERSION = 6  # bump when common.reference or the cases change what they compute: the cache key
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,20 @@ class Cases:
         return cls(**d)
 
 
+DROPOUT_PROBE = (16, 1024)  # batch, units: 16384 draws put the dropped fraction within 0.02 of p at 5 sigma
+
+
+def dropout_rates(spec) -> list[float]:
+    """The distinct non-zero dropout rates of a spec, in increasing order."""
+    return sorted({layer.rate for layer in spec.layers if isinstance(layer, Dropout) and layer.rate > 0})
+
+
+def dropout_probe(rate: float) -> NetSpec:
+    """Dropout alone, on DROPOUT_PROBE[1] channels of 1x1: what the dropout check runs in each backend."""
+    units = DROPOUT_PROBE[1]
+    return NetSpec(f"dropout-probe-{rate:g}", (units, 1, 1), units, (Dropout(rate), GlobalAvgPool(), Flatten()))
+
+
 def inputs(spec, cases: Cases) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 NCHW, labels int32) of the logits and gradient cases."""
     rng = np.random.default_rng(cases.input_seed)
@@ -94,6 +115,9 @@ def compute(spec, cases: Cases, batches, *, rounding: reference.Rounding | None 
         losses, final = reference.train_trajectory(spec, init, run, lr=cases.lr, rounding=rounding, **sgd)
         out[f"{prefix}trajectory"] = losses
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
+        if not prefix:
+            out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
+    out.update({f"dropout/{i}/rate": np.array([p]) for i, p in enumerate(dropout_rates(spec))})
     return out
 
 
@@ -114,7 +138,7 @@ def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True)
         try:
             with np.load(cache, allow_pickle=False) as z:
                 return dict(z)
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache entry is recomputed
     out = compute(spec, cases, training_batches(spec, cases, data_dir))
     if use_cache:

@@ -86,6 +86,8 @@ def _read_bytes(path: Path) -> bytes:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not raw:
+        raise DataError(f"{path}: is empty (0 bytes); delete it to download it again")
     return _decompress(raw, path)
 
 
@@ -109,9 +111,9 @@ def _download(name: str, data_dir: Path) -> Path:
             atomic_write_bytes(target, payload)
             return target
         except (OSError, DataError) as e:
-            errors.append(f"{url}: {e}")
-    raise DataError(f"could not download {name}.gz into {data_dir}:\n  " + "\n  ".join(errors)
-                    + "\nPut the file there by hand, or set NIN_DATA_DIR to a folder that has it.")
+            errors.append(f"{url}: {' '.join(str(e).split())}")
+    raise DataError(f"could not download {name}.gz into {data_dir} ({'; '.join(errors)}); put the file there "
+                    "by hand, or set NIN_DATA_DIR to a folder that has it")
 
 
 def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
@@ -140,7 +142,10 @@ def load(split: str = "train", data_dir: str | Path | None = None, download: boo
             if not download:
                 raise DataError(f"{name}(.gz) is not in {looked} and download=False")
             target = dirs[0] if data_dir or os.environ.get("NIN_DATA_DIR") else dirs[-1]
-            path = _download(name, target)
+            try:
+                path = _download(name, target)
+            except DataError as e:
+                raise DataError(f"{name}(.gz) is in none of {looked}, and {e}") from None
         raw = _read_bytes(path)
         _verify(name, raw, path)
         arrays.append(_parse_idx(raw, path))
@@ -160,6 +165,22 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+def input_matrices(spec: NetSpec, size: tuple[int, int] = (28, 28)) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (H, 28), cols (W, 28)) float32 such that rows @ X @ cols.T is a uint8 28x28 image X as
+    `preprocess` makes it (bilinear, half-pixel centres, scaled to [0, 1]; the 1/255 is in rows).
+    Every training backend applies the two on its device with its own matmul: the same pixels to
+    float32 precision, and 28x28 bytes per image cross to the device instead of H x W floats."""
+    _, h, w = spec.input_shape
+    return ((_bilinear_matrix(size[0], h) / 255.0).astype(np.float32),
+            _bilinear_matrix(size[1], w).astype(np.float32))
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits n training images: a function of (seed, epoch) alone,
+    so a resumed run, and every backend, sees the same batches as an uninterrupted run."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def preprocess(images: np.ndarray, spec: NetSpec) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 (N, C, H, W) in [0, 1] at the spec's input size; the grey
     channel is repeated when the spec wants more than one (the paper's 3-channel input)."""
@@ -177,7 +198,7 @@ def batches(images: np.ndarray, labels: np.ndarray, spec: NetSpec, batch_size: i
     """(float32 NCHW images, int32 labels) batches, resized as they are made (224x224 for the whole
     training set would be 12 GB). The order is a function of (seed, epoch) alone, so a resumed run
     sees the same batches as an uninterrupted one."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(images)) if shuffle else np.arange(len(images))
+    order = epoch_order(len(images), seed=seed, epoch=epoch) if shuffle else np.arange(len(images))
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
@@ -186,5 +207,8 @@ def batches(images: np.ndarray, labels: np.ndarray, spec: NetSpec, batch_size: i
 
 def fixed_batches(spec: NetSpec, steps: int, batch_size: int, data_dir=None, *, download: bool = True):
     """The first steps * batch_size training images, in file order: the conformance training run."""
+    if spec.num_classes < len(CLASSES):
+        raise DataError(f"{spec.name}: num_classes is {spec.num_classes}, but Fashion-MNIST's labels go up to "
+                        f"{len(CLASSES) - 1}: a network that trains on it needs num_classes >= {len(CLASSES)}")
     images, labels = load("train", data_dir, download)
     return list(batches(images[:steps * batch_size], labels[:steps * batch_size], spec, batch_size))

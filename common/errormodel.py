@@ -40,8 +40,9 @@ def measure(kind: str) -> str:
 
 
 def kind_of(key: str) -> str:
-    """The quantity a record key names: logits, loss, grad, trajectory, final, momentum/trajectory, momentum/final."""
-    for prefix in ("momentum/final/", "final/", "grad/"):
+    """The quantity a record key names: logits, loss, grad, trajectory, final, running, momentum/trajectory,
+    momentum/final, dropout."""
+    for prefix in ("momentum/final/", "final/", "grad/", "running/", "dropout/"):
         if key.startswith(prefix):
             return prefix[:-1]
     return key
@@ -49,9 +50,13 @@ def kind_of(key: str) -> str:
 
 def spread_of(key: str, perturbed: list[np.ndarray], exact: np.ndarray) -> list:
     """The largest distance of the perturbed copies from the exact run: elementwise, or one norm.
-    Weight updates are compared as updates (final - init), as the checks compare them."""
+    A loss trajectory's spread is its running maximum over the steps: once two runs have parted on
+    a chaotic case they do not meet again, whatever a few copies happen to show at one step."""
     if measure(kind_of(key)) == "max":
-        return np.max([np.abs(p - exact) for p in perturbed], axis=0).reshape(-1).tolist()
+        spread = np.max([np.abs(p - exact) for p in perturbed], axis=0).reshape(-1)
+        if kind_of(key).endswith("trajectory"):
+            spread = np.maximum.accumulate(spread)
+        return spread.tolist()
     return [float(max(np.linalg.norm(p - exact) for p in perturbed))]
 
 
@@ -68,14 +73,19 @@ def compute_spreads(spec, cases, precision: str, data_dir=None, *, progress=None
         if progress:
             progress(f"{spec.name} {precision}: perturbed copy {m + 1} of {MEMBERS}")
         members.append(case_lib.compute(spec, cases, batches, rounding=Rounding(UNITS[precision], seed=m)))
-    return {k: spread_of(k, [r[k] for r in members], exact[k]) for k in exact}
+    return {k: spread_of(k, [r[k] for r in members], exact[k]) for k in exact if kind_of(k) != "dropout"}
 
 
 def _load_store(path: Path) -> dict:
+    """The entries of a store or cache file; a damaged or foreign file holds none (its spreads are measured again)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {k: e for k, e in entries.items() if isinstance(e, dict) and isinstance(e.get("spreads"), dict)
+            and all(isinstance(v, list) for v in e["spreads"].values())}
 
 
 def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, np.ndarray]:

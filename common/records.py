@@ -22,23 +22,28 @@ from pathlib import Path
 import numpy as np
 
 from . import calc
-from .cases import Cases
+from .backends import BACKENDS
+from .cases import DROPOUT_PROBE, Cases, dropout_rates
+from .data import CLASSES
 from .fsio import atomic_path
-from .spec import NetSpec, SpecError
+from .spec import NetSpec, SpecError, loads
 
 FORMAT = "nin-conformance-record/2"
 PRECISIONS = ("fp32", "fp64", "fast")
 DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
 DEVICES = ("cpu", "gpu")
 COMPILES = ("eager", "compiled")
-FIELDS = {  # metadata field -> type; the first nine are required
+VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyTorch's is unbiased
+FIELDS = {  # metadata field -> type; the first ten are required
     "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
-    "numerics": dict, "cases": dict, "variants": dict,
+    "numerics": dict, "cases": dict, "variants": dict, "running_variance": str,
     "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
     "command": str,
 }
-REQUIRED = tuple(FIELDS)[:9]
+REQUIRED = tuple(FIELDS)[:10]
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
+MAX_WORK = 10 ** 13  # multiply-adds: ~90 times the d2l variant's cases (1.1e11), minutes rather than days
+MAX_TEXT = 10_000  # characters in one metadata string (the command line is the longest)
 
 
 class RecordError(ValueError):
@@ -73,12 +78,23 @@ def write_record(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -
 
 def expected_tensors(spec: NetSpec, cases: Cases) -> dict[str, tuple[int, ...]]:
     """Every tensor a record holds for one variant, by key (without the variant) and shape."""
-    params = {k: v for k, v in calc.param_shapes(spec).items() if calc.is_trainable(k)}
+    shapes = calc.param_shapes(spec)
+    params = {k: v for k, v in shapes.items() if calc.is_trainable(k)}
     out = {"logits": (cases.batch, spec.num_classes), "loss": (1,), "trajectory": (cases.steps,),
            "momentum/trajectory": (cases.momentum_steps,)}
     for prefix in ("grad/", "final/", "momentum/final/"):
         out.update({prefix + k: shape for k, shape in params.items()})
+    out.update({f"running/{k}": shape for k, shape in shapes.items() if not calc.is_trainable(k)})
+    for i, _ in enumerate(dropout_rates(spec)):
+        out.update({f"dropout/{i}/train": DROPOUT_PROBE, f"dropout/{i}/eval": DROPOUT_PROBE})
     return out
+
+
+def reference_work(spec: NetSpec, cases: Cases) -> int:
+    """Multiply-adds the float64 reference spends on one variant's cases: the logits' forward pass, the
+    gradients' forward and backward (x 3), and both training runs (the error model repeats it all)."""
+    passes = cases.batch * 4 + 3 * cases.train_batch * (cases.steps + cases.momentum_steps)
+    return calc.summary(spec).total_macs * passes
 
 
 def _json_type(value) -> str:
@@ -101,13 +117,23 @@ def _check_meta(path: Path, meta) -> None:
             raise RecordError(f"{path}: metadata.{name}: expected {expected}, got {_json_type(meta[name])}")
     if meta["format"] != FORMAT:
         raise RecordError(f"{path}: metadata.format: {meta['format']!r}, expected {FORMAT!r}")
-    for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILES)):
+    for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILES),
+                          ("running_variance", VARIANCES)):
         if meta[name] not in allowed:
             raise RecordError(f"{path}: metadata.{name}: {meta[name]!r}, expected one of {list(allowed)}")
     for name in ("versions", "numerics"):
         bad = [k for k, v in meta[name].items() if not isinstance(v, str)]
         if bad:
             raise RecordError(f"{path}: metadata.{name}.{bad[0]}: expected a string")
+    if meta["backend"] not in BACKENDS:
+        raise RecordError(f"{path}: metadata.backend: {meta['backend']!r}, expected one of {sorted(BACKENDS)}")
+    texts = [(name, v) for name, v in meta.items() if isinstance(v, str)] + [
+        (f"{name}.{k}", v) for name in ("versions", "numerics") for k, v in meta[name].items()] + [
+        (f"{name} (a key)", k) for name in ("versions", "numerics") for k in meta[name]]
+    for name, text in texts:  # they are printed: one line each, of a readable length
+        if len(text) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise RecordError(f"{path}: metadata.{name}: expected one line of at most {MAX_TEXT:,} characters, "
+                              f"got {json.dumps(text)[:60]}")
 
 
 def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
@@ -123,6 +149,13 @@ def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
         raise RecordError(str(e)) from None
     if spec.name != name:
         raise RecordError(f"{where}.spec.name: {spec.name!r}, expected {name!r}")
+    work = reference_work(spec, cases)
+    if work > MAX_WORK:  # a record is input: it must not ask the reference for days of float64 work
+        raise RecordError(f"{where}.spec: its cases ask for {work:.1e} multiply-adds of float64 reference work, "
+                          f"more than the {MAX_WORK:.0e} a record may ask for")
+    if spec.num_classes < len(CLASSES):  # the training cases' labels are Fashion-MNIST's
+        raise RecordError(f"{where}.spec.num_classes: {spec.num_classes}, but the cases train on Fashion-MNIST's "
+                          f"{len(CLASSES)} classes")
     shapes = info["layer_shapes"]
     if not (isinstance(shapes, list) and all(isinstance(s, list) and all(
             isinstance(d, int) and not isinstance(d, bool) for d in s) for s in shapes)):
@@ -157,7 +190,8 @@ def read_record(path) -> Record:
 
     path = Path(path)
     if not path.is_file():
-        raise RecordError(f"{path}: no such record file" + (" (a directory)" if path.is_dir() else ""))
+        what = " (a directory)" if path.is_dir() else " (not a regular file)" if path.exists() else ""
+        raise RecordError(f"{path}: no such record file{what}")
     if path.stat().st_size > MAX_BYTES:
         raise RecordError(f"{path}: {path.stat().st_size:,} bytes: too large to be a record")
     try:
@@ -165,13 +199,14 @@ def read_record(path) -> Record:
             meta_text = (f.metadata() or {}).get("record")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, TypeError, zlib.error) as e:
-        raise RecordError(f"{path}: not a readable record (truncated or not safetensors): {e}") from None
+        reason = " ".join(str(e).split())  # one line
+        raise RecordError(f"{path}: not a readable record (truncated or not safetensors): {reason}") from None
     if meta_text is None:
         raise RecordError(f"{path}: has no 'record' metadata; not written by `nin record`")
     try:
-        meta = json.loads(meta_text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise RecordError(f"{path}: its metadata is not valid JSON: {e}") from None
+        meta = loads(meta_text, "its metadata")
+    except SpecError as e:
+        raise RecordError(f"{path}: {e}") from None
     _check_meta(path, meta)
     try:
         cases = Cases.from_dict(meta["cases"], source="metadata.cases")

@@ -124,6 +124,7 @@ def _channel_sums(t, rounding: Rounding | None):
 
 
 def _bn_train(x, gamma, beta, *, eps, rounding: Rounding | None):
+    """Batch statistics; returns the output, the backward's cache and the batch's (mean, biased variance)."""
     m = x.shape[0] * x.shape[2] * x.shape[3]
     mean = _channel_sums(x, rounding) / m
     # the variance as E[x^2] - E[x]^2 would round it (the error a one-pass float32 kernel makes)
@@ -132,7 +133,7 @@ def _bn_train(x, gamma, beta, *, eps, rounding: Rounding | None):
         var = var + (_channel_sums(x ** 2, rounding) - (x ** 2).sum(axis=(0, 2, 3), keepdims=True)) / m
     inv = 1.0 / np.sqrt(var + eps)
     xhat = (x - mean) * inv
-    return xhat * gamma[None, :, None, None] + beta[None, :, None, None], (xhat, inv)
+    return xhat * gamma[None, :, None, None] + beta[None, :, None, None], (xhat, inv), (mean, var)
 
 
 def _bn_backward(dy, gamma, cache, rounding: Rounding | None):
@@ -151,9 +152,12 @@ def _cast(weights: Mapping[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
 
 def forward(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, *,
             training: bool = False, dtype=np.float64, rounding: Rounding | None = None,
-            return_tape: bool = False, return_layer_outputs: bool = False):
+            running: dict | None = None, return_tape: bool = False, return_layer_outputs: bool = False):
     """Logits (N, classes). training=True uses batch statistics in batch norm (dropout must be 0).
 
+    running: batch norm's running statistics, updated in place in training mode, as the frameworks do:
+    stat = momentum * stat + (1 - momentum) * batch_stat, for the biased batch variance
+    ("<bn>.running_var") and the unbiased one ("<bn>.running_var_unbiased": PyTorch's).
     return_layer_outputs: also return the output of every entry of spec.layers.
     """
     if training and any(isinstance(layer, Dropout) and layer.rate > 0 for layer in spec.layers):
@@ -174,8 +178,16 @@ def forward(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
                        rounding=rounding)
         elif op.kind == "batch_norm":
             if training:
-                x, cache = _bn_train(x, w[f"{op.name}.gamma"], w[f"{op.name}.beta"], eps=spec.bn_eps, rounding=rounding)
+                n = x.shape[0] * x.shape[2] * x.shape[3]
+                x, cache, (mean, var) = _bn_train(x, w[f"{op.name}.gamma"], w[f"{op.name}.beta"], eps=spec.bn_eps,
+                                                  rounding=rounding)
                 tape.append(("bn", op, cache))
+                if running is not None:
+                    m = spec.bn_momentum
+                    for key, batch in (("running_mean", mean), ("running_var", var),
+                                       ("running_var_unbiased", var * n / (n - 1))):
+                        name = f"{op.name}.{key}"
+                        running[name] = m * running[name] + (1 - m) * batch.reshape(-1)
             else:
                 inv = 1.0 / np.sqrt(w[f"{op.name}.running_var"] + spec.bn_eps)
                 scale = (w[f"{op.name}.gamma"] * inv)[None, :, None, None]
@@ -214,12 +226,13 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def loss_and_grads(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                   labels: np.ndarray, *, dtype=np.float64,
-                   rounding: Rounding | None = None) -> tuple[float, dict[str, np.ndarray]]:
+                   labels: np.ndarray, *, dtype=np.float64, rounding: Rounding | None = None,
+                   running: dict | None = None) -> tuple[float, dict[str, np.ndarray]]:
     """Mean softmax cross-entropy in training mode (dropout must be 0) and its gradient for every
-    trainable parameter, by canonical name."""
+    trainable parameter, by canonical name (running: see forward)."""
     w = _cast(weights, dtype)
-    logits, tape = forward(spec, w, images, training=True, dtype=dtype, rounding=rounding, return_tape=True)
+    logits, tape = forward(spec, w, images, training=True, dtype=dtype, rounding=rounding, running=running,
+                           return_tape=True)
     loss = softmax_cross_entropy(logits, labels)
     z = logits - logits.max(axis=1, keepdims=True)
     prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -267,13 +280,17 @@ def sgd_step(weights: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], ve
 def train_trajectory(spec: NetSpec, weights: Mapping[str, np.ndarray], batches, *, lr: float,
                      momentum: float = 0.0, weight_decay: float = 0.0, dtype=np.float64,
                      rounding: Rounding | None = None):
-    """Per-step losses and final weights of SGD on the given (images, labels) batches, dropout off."""
+    """Per-step losses and final weights of SGD on the given (images, labels) batches, dropout off.
+    The final weights' batch-norm statistics are the running ones the steps made; the unbiased
+    running variance (PyTorch's convention) is added as "<bn>.running_var_unbiased"."""
     spec = spec.with_dropout(0.0)
     w = _cast(weights, dtype)
+    running = {k: v.copy() for k, v in w.items() if k.endswith((".running_mean", ".running_var"))}
+    running.update({k + "_unbiased": v.copy() for k, v in running.items() if k.endswith(".running_var")})
     velocity: dict[str, np.ndarray] = {}
     losses = []
     for images, labels in batches:
-        loss, grads = loss_and_grads(spec, w, images, labels, dtype=dtype, rounding=rounding)
+        loss, grads = loss_and_grads(spec, w, images, labels, dtype=dtype, rounding=rounding, running=running)
         losses.append(loss)
         sgd_step(w, grads, velocity, lr=lr, momentum=momentum, weight_decay=weight_decay, rounding=rounding)
-    return np.array(losses), w
+    return np.array(losses), {**w, **running}

@@ -30,6 +30,8 @@ MAX_SIZE = 4096  # input height / width
 MAX_CHANNELS = 65536
 MAX_LAYERS = 256
 MAX_KERNEL = 64
+MAX_SPEC_BYTES = 1_000_000  # a spec is a few kB
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 
 
 class SpecError(ValueError):
@@ -144,10 +146,10 @@ class NetSpec:
     @classmethod
     def from_dict(cls, data, source: str = "spec") -> NetSpec:
         """Check every field's type and range first (the message names the field's path), then the sizes."""
-        _check_type(data, dict, source, "the spec")
+        _check_type(data, dict, source, "a JSON object (the spec)")
         known = [f.name for f in dataclasses.fields(cls)]
         _check_keys(data, known, ["name", "input_shape", "num_classes", "layers"], source=source, where="")
-        kwargs = {"name": _string(data["name"], f"{source}: name")}
+        kwargs = {"name": _name(data["name"], f"{source}: name")}
         shape = data["input_shape"]
         if not (isinstance(shape, list) and len(shape) == 3):
             raise SpecError(f"{source}: input_shape: expected [C, H, W], got {_show(shape)}")
@@ -179,22 +181,21 @@ class NetSpec:
     def from_json_file(cls, path: str | Path) -> NetSpec:
         path = Path(path)
         try:
-            text = path.read_bytes().decode("utf-8")
+            if path.is_dir():
+                raise SpecError(f"spec file {path} is a directory, not a JSON file")
+            if path.exists() and not path.is_file():
+                raise SpecError(f"spec file {path} is not a regular file")
+            if path.exists() and path.stat().st_size > MAX_SPEC_BYTES:
+                raise SpecError(f"spec file {path}: {path.stat().st_size:,} bytes, more than a spec's "
+                                f"{MAX_SPEC_BYTES:,}: not a spec")
+            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is allowed
         except FileNotFoundError:
             raise SpecError(f"spec file {path} does not exist") from None
-        except IsADirectoryError:
-            raise SpecError(f"spec file {path} is a directory, not a JSON file") from None
         except UnicodeDecodeError as e:
             raise SpecError(f"spec file {path} is not UTF-8 text (byte {e.start}): not a JSON spec") from None
         except OSError as e:
-            raise SpecError(f"spec file {path} cannot be read: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpecError(f"spec file {path} is not valid JSON: {e}") from None
-        except RecursionError:
-            raise SpecError(f"spec file {path} is nested too deeply to be a spec") from None
-        return cls.from_dict(data, source=str(path))
+            raise SpecError(f"spec file {path} cannot be read: {e.strerror or e}") from None
+        return cls.from_dict(loads(text, f"spec file {path}"), source=str(path))
 
 
 def _fields(layer: Layer) -> dict:
@@ -205,6 +206,31 @@ def _fields(layer: Layer) -> dict:
 
 
 # --- the schema: types and ranges, with the field's path in every message --------------------
+def _unique_keys(pairs: list) -> dict:
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise SpecError(f"field {k!r} is given twice")
+        seen[k] = v
+    return seen
+
+
+def loads(text: str, where: str):
+    """JSON as a spec or a record's metadata is read: a duplicated field, a number too large to be
+    one (Python refuses integers of more than 4300 digits), or nesting too deep for a parser to
+    follow is a SpecError that names `where`, never a traceback."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{where} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise SpecError(f"{where} is nested too deeply to read") from None
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise SpecError(f"{where} holds a number too large to read: {str(e).split(';')[0]}") from None
+
+
 def _show(value) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list, str, bool, type(None))) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -227,6 +253,15 @@ def _check_keys(data: dict, known: list[str], required: list[str], *, source: st
 def _string(value, where: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 100:
         raise SpecError(f"{where}: expected a non-empty string of at most 100 characters, got {_show(value)}")
+    return value
+
+
+def _name(value, where: str) -> str:
+    """A spec's name names files (caches, records' tensors) and table columns: letters, digits, . _ + -."""
+    value = _string(value, where)
+    bad = sorted(set(value) - NAME_CHARACTERS)
+    if bad or value.startswith("."):
+        raise SpecError(f"{where}: expected letters, digits and . _ + - only (not first a dot), got {_show(value)}")
     return value
 
 
@@ -255,7 +290,7 @@ def _layer_from_dict(d, where: str) -> Layer:
     if not isinstance(d, dict) or "type" not in d:
         raise SpecError(f"{where}: expected an object with a 'type', got {_show(d)}")
     kind = d["type"]
-    if kind not in LAYER_TYPES:
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
         raise SpecError(f"{where}.type: expected one of {sorted(LAYER_TYPES)}, got {_show(kind)}")
     cls = LAYER_TYPES[kind]
     fields = dataclasses.fields(cls)
@@ -397,6 +432,7 @@ def validate(spec: NetSpec) -> None:
     first thing that cannot work."""
     if not isinstance(spec.name, str) or not spec.name:
         raise SpecError(f"name must be a non-empty string, got {spec.name!r}")
+    _name(spec.name, "name")
     if len(spec.input_shape) != 3:
         raise SpecError(f"{spec.name}: input_shape must be (C, H, W), got {spec.input_shape!r}")
     c, h, w = spec.input_shape

@@ -42,9 +42,12 @@ CHECKS = {
     "gradients": "grad/",
     "trajectory": "trajectory",
     "final_weights": "final/",
+    "running_statistics": "running/",
     "momentum_trajectory": "momentum/trajectory",
     "momentum_final_weights": "momentum/final/",
+    "dropout": "dropout/",  # statistical: see judge_dropout
 }
+DROPOUT_SIGMAS = 5.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return self.ratio <= 1.0
+        return bool(self.ratio <= 1.0)
 
 
 def bound(kind: str, reference: np.ndarray, spread: np.ndarray, precision: str) -> np.ndarray:
@@ -90,3 +93,26 @@ def judge(kind: str, got, reference, bounds: np.ndarray) -> Verdict:
     scale = float(np.linalg.norm(ref)) or 1.0
     ratio = 0.0 if norm == 0 else (norm / float(bounds[0]) if bounds[0] > 0 else float("inf"))
     return Verdict(norm / scale, ratio)
+
+
+def judge_dropout(rate: float, train, evaluation, precision: str) -> Verdict:
+    """Dropout on a batch of ones: in training a fraction `rate` is zeroed (within DROPOUT_SIGMAS
+    binomial standard deviations) and every kept unit is 1 / (1 - rate) (inverted dropout, to the
+    floor's rounding); in evaluation every unit is 1. The ratio is the worst of the three."""
+    train = np.asarray(train, dtype=np.float64).reshape(-1)
+    evaluation = np.asarray(evaluation, dtype=np.float64).reshape(-1)
+    if not (np.all(np.isfinite(train)) and np.all(np.isfinite(evaluation))):
+        return Verdict(float("inf"), float("inf"), "NaN or infinite values")
+    dropped = float(np.mean(train == 0))
+    sigma = np.sqrt(rate * (1 - rate) / train.size)
+    kept = train[train != 0]
+    scale = 1.0 / (1.0 - rate)
+    floor = FLOOR * UNITS[precision]
+    parts = {
+        f"dropped {dropped:.3f} of units in training, rate {rate:g}": abs(dropped - rate) / (DROPOUT_SIGMAS * sigma),
+        f"kept units {kept.min() if kept.size else 0:.6g}..{kept.max() if kept.size else 0:.6g}, "
+        f"expected {scale:.6g}": float(np.max(np.abs(kept - scale))) / (floor * scale) if kept.size else float("inf"),
+        f"evaluation changed {int(np.sum(evaluation != 1))} units": float(np.max(np.abs(evaluation - 1))) / floor,
+    }
+    detail, ratio = max(parts.items(), key=lambda kv: kv[1])
+    return Verdict(abs(dropped - rate), ratio, detail)

@@ -8,6 +8,7 @@ checking nothing fails and says so.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from common import calc, errormodel, weights
 from common.cases import Cases, reference_results
 from common.records import Record, RecordError, read_record
-from common.tolerances import CHECKS, FACTOR, bound, judge
+from common.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
 
 
 @dataclass
@@ -64,14 +65,47 @@ def as_updates(values: dict[str, np.ndarray], init: dict[str, np.ndarray]) -> di
 
 def bounds_for(reference: dict, spreads: dict, precision: str) -> dict[str, np.ndarray]:
     """Every quantity's bound for a `precision` implementation (reference as updates, see as_updates)."""
-    return {k: bound(errormodel.kind_of(k), reference[k], spreads[k], precision) for k in reference}
+    return {k: bound(errormodel.kind_of(k), reference[k], spreads[k], precision) for k in reference
+            if errormodel.kind_of(k) != "dropout"}
 
 
-def check_values(variant: str, label: str, against: str, *, values: dict, reference: dict,
-                 bounds: dict) -> list[Check]:
-    """One row per check: the worst tensor of its group decides, and is named."""
+def for_convention(reference: dict, running_variance: str) -> dict:
+    """The reference as a backend that keeps the `running_variance` ("biased" or "unbiased") sees it."""
+    out = {k: v for k, v in reference.items() if not k.endswith("_unbiased")}
+    if running_variance == "unbiased":
+        out.update({k[: -len("_unbiased")]: v for k, v in reference.items() if k.endswith("_unbiased")})
+    return out
+
+
+def _dropout_row(variant: str, label: str, against: str, *, values: dict, reference: dict,
+                 precision: str) -> Check | None:
+    rates = sorted((k, float(v[0])) for k, v in reference.items() if k.startswith("dropout/") and k.endswith("/rate"))
+    if not rates:
+        return None
+    verdicts = []
+    for key, rate in rates:
+        base = key[: -len("rate")]
+        if base + "train" not in values or base + "eval" not in values:
+            verdicts.append((float("inf"), None, f"{base}train / eval: missing"))
+            continue
+        v = judge_dropout(rate, values[base + "train"], values[base + "eval"], precision)
+        verdicts.append((v.ratio, v.measured, v.detail))
+    ratio, measured, detail = max(verdicts, key=lambda t: t[0])
+    return Check(variant, "dropout", against, label, measured, "5 binomial sigmas; kept units 1/(1-p)", ratio,
+                 bool(ratio <= 1.0), detail)
+
+
+def check_values(variant: str, label: str, against: str, *, values: dict, reference: dict, bounds: dict,
+                 precision: str | None = None) -> list[Check]:
+    """One row per check: the worst tensor of its group decides, and is named. precision: the
+    record's, for the statistical dropout check (None between two records: their masks differ)."""
     rows = []
     for check in CHECKS:
+        if check == "dropout":
+            row = _dropout_row(variant, label, against, values=values, reference=reference,
+                               precision=precision) if precision else None
+            rows += [row] if row else []
+            continue
         verdicts = []
         for key in _keys(check, reference):
             if key not in values:
@@ -85,7 +119,7 @@ def check_values(variant: str, label: str, against: str, *, values: dict, refere
         ratio, measured, detail = max(verdicts, key=lambda t: t[0])
         what = "max" if errormodel.measure(errormodel.kind_of(_keys(check, reference)[0])) == "max" else "norm"
         rows.append(Check(variant, check, against, label, None if not np.isfinite(measured) else measured,
-                          f"{what}: {FACTOR:g} x spread + floor", ratio, ratio <= 1.0,
+                          f"{what}: {FACTOR:g} x spread + floor", ratio, bool(ratio <= 1.0),
                           f"worst: {detail}" if len(verdicts) > 1 and detail else detail))
     return rows
 
@@ -117,7 +151,26 @@ def labels(recs: list[Record]) -> dict[int, str]:
         extra = [r.meta[k] for k in ("device", "precision") if differ[k]]
         base[i] = text + (f"@{'-'.join(extra)}" if extra else "")
     counts = {t: list(base.values()).count(t) for t in base.values()}
-    return {i: t if counts[t] == 1 else f"{t} ({recs[i].path.name})" for i, t in base.items()}
+    out = {i: t if counts[t] == 1 else f"{t} ({recs[i].path.name})" for i, t in base.items()}
+    counts = {t: list(out.values()).count(t) for t in out.values()}
+    return {i: t if counts[t] == 1 else f"{base[i]} ({recs[i].path})" for i, t in out.items()}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _copy_of(path: Path, earlier: list[Path]) -> Path | None:
+    """An earlier record with the same bytes: a copy compared with itself checks nothing."""
+    try:
+        same_size = [q for q in earlier if q.stat().st_size == path.stat().st_size]
+        return next((q for q in same_size if _digest(q) == _digest(path)), None) if same_size else None
+    except OSError:
+        return None
 
 
 def _failed(label: str, detail: str, path="", variant="-") -> Check:
@@ -129,17 +182,25 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
     out = Comparison()
     recs: list[Record] = []
     seen: dict[Path, str] = {}
+    file_names = [Path(p).name for p in paths]
     for p in paths:
         resolved = Path(p).resolve()
+        label = Path(p).name if file_names.count(Path(p).name) == 1 else str(p)  # FAIL rows apart in the matrix
         if resolved in seen:
-            out.rows.append(_failed(Path(p).name, f"{p} is given twice: a record compared with itself checks nothing",
-                                    p))
+            out.rows.append(_failed(label, f"{p} is given twice: a record compared with itself checks nothing", p))
             continue
-        seen[resolved] = str(p)
         try:
-            recs.append(read_record(p))
+            rec = read_record(p)
         except RecordError as e:
-            out.rows.append(_failed(Path(p).name, str(e), p))
+            out.rows.append(_failed(label, str(e), p))
+            continue
+        copy = _copy_of(resolved, [r.path.resolve() for r in recs])
+        seen[resolved] = str(p)
+        if copy is not None:
+            out.rows.append(_failed(label, f"{p} has the same bytes as {seen[copy]}: a copy compared with itself "
+                                    "checks nothing", p))
+            continue
+        recs.append(rec)
     names = labels(recs)
     for i, r in enumerate(recs):
         out.compared.append(f"{names[i]}: {r.path} ({r.meta['precision']}, {r.meta['device']} "
@@ -162,7 +223,8 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
         ref_updates = as_updates(ref, init)
         bounds = {}
         for prec in {recs[i].precision for i in holders}:
-            bounds[prec] = bounds_for(ref_updates, errormodel.spreads(spec, cases, prec, data_dir, progress), prec)
+            spread = errormodel.spreads(spec, cases, prec, data_dir, progress=progress)
+            bounds[prec] = bounds_for(ref_updates, spread, prec)
         same_net = []
         for i in holders:
             rec = recs[i]
@@ -174,8 +236,10 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             out.rows += check_structure(rec, variant, names[i])
             values = as_updates({k[len(variant) + 1:]: v for k, v in rec.tensors.items()
                                  if k.startswith(variant + "/")}, init)
-            rows = check_values(variant, names[i], "reference", values=values, reference=ref_updates,
-                                bounds=bounds[rec.precision])
+            convention = rec.meta["running_variance"]
+            rows = check_values(variant, names[i], "reference", values=values,
+                                reference=for_convention(ref_updates, convention),
+                                bounds=for_convention(bounds[rec.precision], convention), precision=rec.precision)
             for row in rows:
                 row.path = str(rec.path)
             out.rows += rows
@@ -185,16 +249,24 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                                  if k.startswith(variant + "/")}, init)
                 vb = as_updates({k[len(variant) + 1:]: v for k, v in recs[b].tensors.items()
                                  if k.startswith(variant + "/")}, init)
-                pair = {k: bounds[recs[a].precision][k] + bounds[recs[b].precision][k] for k in ref_updates}
-                rows = check_values(variant, names[a], names[b], values=va,
-                                    reference={k: vb[k] for k in ref_updates}, bounds=pair)
-                identical = all(np.array_equal(va[k], vb[k]) for k in ref_updates)
+                same = recs[a].meta["running_variance"] == recs[b].meta["running_variance"]
+                keys = [k for k in vb if errormodel.kind_of(k) != "dropout"
+                        and (same or not k.endswith(".running_var"))]  # other conventions: reference only
+                pair = {k: bounds[recs[a].precision][k] + bounds[recs[b].precision][k] for k in keys}
+                rows = check_values(variant, names[a], names[b], values=va, reference={k: vb[k] for k in keys},
+                                    bounds=pair)
+                identical = all(np.array_equal(va[k], vb[k]) for k in keys)
                 for row in rows:
                     row.path = str(recs[a].path)
                     row.bound = "sum of both bounds"
                     if identical:
                         row.detail = "identical values"
+                    elif row.check == "running_statistics" and not same:
+                        row.detail = "running means only: the running variances' conventions differ"
                 out.rows += rows
+    if len(recs) > 1 and not any(r.against not in ("reference", "spec", "-") for r in out.rows):
+        out.compared.append("no variant is held by two of these records: each was compared with the reference "
+                            "only, none with another")
     if recs and out.numeric_checks == 0:
         out.rows.append(_failed("-", "0 checks ran: no record held a variant that could be compared"))
     if not paths:

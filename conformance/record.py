@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,11 +23,18 @@ import numpy as np
 
 from common import calc, records, weights
 from common import spec as specs
-from common.cases import Cases, inputs, training_batches
-from common.fsio import check_writable
+from common.backends import BackendError
+from common.cases import DROPOUT_PROBE, Cases, dropout_probe, dropout_rates, inputs, training_batches
+from common.data import DataError
+from common.fsio import OutputError, check_writable
+from common.spec import SpecError
 from harness import processes
 
 DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
+
+
+class DeviceError(RuntimeError):
+    """The device asked for is not visible to the framework (`--device gpu` without a GPU)."""
 
 
 def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device: str, precision: str,
@@ -59,6 +68,13 @@ def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device
         out[f"{prefix}trajectory"] = np.array(losses, dtype=dtype)
         final = model_mod.export_weights(model)
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
+        if not prefix:
+            out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
+    ones = np.ones(DROPOUT_PROBE + (1, 1), dtype=dtype)
+    for i, rate in enumerate(dropout_rates(spec)):
+        probe = model_mod.build(dropout_probe(rate), device=device, dtype=dtype, compiled=compiled)
+        out[f"dropout/{i}/train"] = model_mod.forward(probe, ones, training=True, seed=1)
+        out[f"dropout/{i}/eval"] = model_mod.forward(probe, ones, training=False)
     info = {
         "spec": spec.to_dict(),
         "layer_shapes": [list(s) for s in shapes],
@@ -71,11 +87,20 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
                 cases: Cases = Cases(), data_dir=None, progress=None) -> Path:
     model_mod = processes.load(backend, "model")
     train_mod = processes.load(backend, "train")
-    numerics = train_mod.configure(device, precision)
+    numerics = train_mod.configure(device, precision)  # first: XLA reads its flags when its GPU backend starts
+    if device == "gpu":
+        try:
+            model_mod.default_device("gpu")
+        except RuntimeError as e:
+            raise DeviceError(one_line(e)) from None
     tensors: dict[str, np.ndarray] = {}
     per_variant = {}
     for name in variants:
         spec = specs.get(name)
+        if spec.name in per_variant:  # a record holds one network per name
+            if per_variant[spec.name]["spec"] == spec.to_dict():
+                continue
+            raise SpecError(f"{name}: a second, different network named {spec.name!r} in one record")
         if progress:
             progress(f"{backend} {precision} {compile}: {spec.name}")
         values, info = compute_variant(model_mod, train_mod, spec, cases=cases,
@@ -92,6 +117,7 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
         "device_name": train_mod.device_name(device),
         "precision": precision,
         "compile": compile,
+        "running_variance": model_mod.RUNNING_VARIANCE,
         "numerics": {k: str(v) for k, v in numerics.items()},
         "cases": asdict(cases),
         "variants": per_variant,
@@ -104,7 +130,17 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
     return records.write_record(out, tensors, meta)
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message's first line (framework errors append C++ frames)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0: written; 2: input that cannot work (a spec, the data, the output path, no GPU);
+    3: the framework is not installed here; 1: the backend failed; 128 + N: stopped by signal N.
+    Every failure ends with one line on stderr, the line `nin record` shows (NIN_TRACEBACK=1 adds
+    the traceback of an unexpected error). The record is written atomically: never half a file."""
     p = argparse.ArgumentParser(prog="python -m conformance.record", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", required=True)
     p.add_argument("--variant", nargs="+", required=True)
@@ -113,13 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="eager", choices=("eager", "compiled"))
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    missing = processes.missing_here(args.backend)
-    if missing:
-        print(f"nin record: {', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
-        return 3
-    check_writable(args.out, "--out")
-    out = make_record(args.backend, args.variant, device=args.device, precision=args.precision, compile=args.compile,
-                      out=args.out, progress=lambda m: print(f"  recording {m}", file=sys.stderr, flush=True))
+    with processes.sigterm_unwinds():
+        try:
+            missing = processes.missing_here(args.backend)
+            if missing:
+                print(f"{', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
+                return 3
+            check_writable(args.out, "--out")
+            out = make_record(args.backend, args.variant, device=args.device, precision=args.precision,
+                              compile=args.compile, out=args.out,
+                              progress=lambda m: print(f"  recording {m}", file=sys.stderr, flush=True))
+        except KeyboardInterrupt as e:
+            print("interrupted: no record written", file=sys.stderr)
+            return processes.interrupted_status(e)
+        except (SpecError, DataError, OutputError, BackendError, DeviceError) as e:
+            print(one_line(e), file=sys.stderr)
+            return 2
+        except Exception as e:  # one line for `nin record` to show; the traceback on request
+            if os.environ.get("NIN_TRACEBACK"):
+                traceback.print_exc()
+            print(f"{type(e).__name__}: {one_line(e)}", file=sys.stderr)
+            return 1
     print(out)
     return 0
 

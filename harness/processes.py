@@ -4,20 +4,104 @@ The drivers (conformance, benchmarks, training) never import a framework themsel
 `python -m <driver module> ...` with the backend's interpreter (`python_for`) and environment
 (`environment_for`), and that process imports the backend's package by the registry's name
 (`load`). The worker prints one JSON object as the last line of its stdout; `call` reads it back.
+
+Interruptions: Python's default SIGTERM handler ends a process without unwinding it, so that no
+`finally` runs and a temporary file being written stays behind. Every entry point (the `nin`
+command and each worker) runs inside `sigterm_unwinds()`, which turns SIGTERM and SIGHUP into
+`Interrupted` (a KeyboardInterrupt: `except Exception` does not swallow it), and `run` asks a
+worker to stop with SIGTERM, and waits for it to clean up, before it would kill it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from common import backends
 
 ROOT = backends.ROOT
+
+
+GRACE_S = 10.0  # how long a worker asked to stop may take to clean up before it is killed
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise Interrupted instead of ending the process at once;
+    the previous handlers come back afterwards. Outside the main thread it does nothing."""
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    try:
+        previous = {s: signal.signal(s, _raise_interrupted) for s in sigs}
+    except ValueError:  # not the main thread: signals are delivered to the main thread anyway
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def interrupted_status(error: KeyboardInterrupt) -> int:
+    """The exit status after an interruption: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    return error.exit_status if isinstance(error, Interrupted) else 128 + signal.SIGINT
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    """Ask a child to stop (SIGTERM: it unwinds and removes its temporary files), then kill it."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except OSError:
+        pass
+
+
+def run(cmd: list[str], *, env: dict[str, str], timeout: float | None = None, capture: bool = True,
+        grace: float = GRACE_S) -> subprocess.CompletedProcess:
+    """subprocess.run from the repository root, except that a timeout or an interruption of this
+    process first asks the child to stop with SIGTERM and kills it only after `grace` seconds.
+    A timeout returns exit status 124 with "timed out after N s" as the last line of stderr;
+    an interruption stops the child and is raised again. OSError (no such interpreter) is raised."""
+    pipe = subprocess.PIPE if capture else None
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=pipe, stderr=pipe, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc, grace)
+            out, err = proc.communicate()
+            return subprocess.CompletedProcess(cmd, 124, out or "", (err or "") + f"\ntimed out after {timeout:g} s")
+        except BaseException:
+            _stop(proc, grace)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out or "", err or "")
 
 
 def python_for(name: str) -> str:
@@ -61,12 +145,11 @@ def call(name: str, module: str, args: list[str], timeout: float | None = None) 
     Never raises: a crash, a timeout or a missing interpreter becomes {"status": "error" | "skipped"}."""
     cmd = worker_command(name, module, args)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=environment_for(name), capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "error", "reason": f"timed out after {timeout:g} s"}
+        proc = run(cmd, env=environment_for(name), timeout=timeout)
     except OSError as e:
         return {"status": "skipped", "reason": f"cannot start {cmd[0]}: {e.strerror or e}"}
+    if proc.returncode == 124 and proc.stderr.endswith(f"timed out after {timeout:g} s"):
+        return {"status": "error", "reason": f"timed out after {timeout:g} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             try:
@@ -74,6 +157,9 @@ def call(name: str, module: str, args: list[str], timeout: float | None = None) 
             except json.JSONDecodeError:
                 break
     tail = proc.stderr.strip()[-2000:]
+    if proc.returncode == -signal.SIGKILL:  # not by us: on a CPU, the kernel's out-of-memory killer
+        return {"status": "oom", "reason": "killed by SIGKILL (the kernel's out-of-memory killer, most likely); "
+                                           f"stderr ends: {tail}"}
     if proc.returncode < 0:
         return {"status": "error", "reason": f"killed by signal {-proc.returncode}; stderr ends: {tail}"}
     return {"status": "error", "reason": f"exit status {proc.returncode} and no result; stderr ends: {tail}"}

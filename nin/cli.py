@@ -7,7 +7,11 @@
     nin error-model  the spreads behind every tolerance: show them, or measure and store them
     nin bench        throughput per backend (benchmarks/runner.py)
 
-Bad input ends with one line naming the file, flag or field and what was expected, exit status 2.
+Exit status (docs/bad-inputs.md): 0 done and every check passed; 1 a check failed, a record or a
+benchmark configuration failed (the sweep goes on and says so), or an internal error; 2 input that
+cannot work (a flag, a spec, a data file, an output path, no GPU), with one line naming the file or
+flag, the field and what was expected; 3 the backend's framework is not installed; 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM): temporary files are removed, finished files are kept whole.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from benchmarks import runner
@@ -25,7 +31,7 @@ from common import backends, calc, tables
 from common import spec as specs
 from common.backends import BackendError
 from common.data import DataError
-from common.fsio import OutputError, atomic_write_text, check_writable
+from common.fsio import OutputError, atomic_write_text, check_writable, remove_stale_temporaries
 from common.records import RecordError
 from common.spec import SpecError
 from common.weights import WeightsError
@@ -39,6 +45,13 @@ PRECISIONS = ("fp32", "fp64", "fast")
 
 class UsageError(ValueError):
     """A flag or argument that cannot work; the message names it."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (with where to look) instead of the usage and the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _count(low: int, high: int):
@@ -103,26 +116,38 @@ def cmd_summary(args) -> int:
 
 # --- record / compare / conformance ----------------------------------------------------------
 def _variants(args) -> list[str]:
-    """Named variants, or JSON spec files (made absolute: the worker runs from the repository)."""
+    """Named variants, or JSON spec files (made absolute: the worker runs from the repository).
+    Each name once: two different networks under one name would overwrite each other in a record."""
     names = list(specs.VARIANTS) if args.variant in (None, ["all"]) else args.variant
-    out = []
-    for name in names:
-        specs.get(name)  # a bad name or file fails here, with the list of good ones
+    out, seen = [], {}
+    for name in dict.fromkeys(names):
+        spec = specs.get(name)  # a bad name or file fails here, with the list of good ones
+        if spec.name in seen and seen[spec.name][1] != spec:
+            raise UsageError(f"--variant: {seen[spec.name][0]} and {name} are different networks with one name, "
+                             f"{spec.name!r}; rename one (its \"name\" field)")
+        if spec.name in seen:
+            continue
+        seen[spec.name] = (name, spec)
         out.append(str(Path(name).resolve()) if name.endswith(".json") else name)
     return out
 
 
 def run_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
                quiet: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run conformance.record in the backend's own interpreter and environment (MXNet's is .venv-mxnet)."""
+    """Run conformance.record in the backend's own interpreter and environment (MXNet's is .venv-mxnet).
+    Its exit status is the worker's (conformance.record.main), 124 after `timeout`; a timeout or an
+    interruption asks the worker to stop and clean up first. Nothing it began is left behind."""
+    out = Path(out).resolve()
     cmd = processes.worker_command(backend, "conformance.record", [
         "--backend", backend, "--device", device, "--precision", precision, "--compile", compile,
-        "--out", str(Path(out).resolve()), "--variant", *variants])
+        "--out", str(out), "--variant", *variants])
     try:
-        return subprocess.run(cmd, env=processes.environment_for(backend), cwd=ROOT, text=True,
-                              capture_output=quiet, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout:g} s")
+        r = processes.run(cmd, env=processes.environment_for(backend), timeout=timeout, capture=quiet)
+    except OSError as e:
+        return subprocess.CompletedProcess(cmd, 3, "", f"cannot start {cmd[0]}: {e.strerror or e}")
+    finally:
+        remove_stale_temporaries(out)  # a worker killed (SIGKILL: out of memory, past its grace) leaves one
+    return r
 
 
 def record_name(backend: str, *, device: str, precision: str, compile: str) -> str:
@@ -134,30 +159,54 @@ def cmd_record(args) -> int:
     out = Path(args.out or Path("records") / record_name(args.backend, device=args.device, precision=args.precision,
                                                          compile=args.compile))
     check_writable(out, "--out")
+    _not_an_input(out, "--out", [v for v in variants if v.endswith(".json")])
     r = run_record(args.backend, variants, device=args.device, precision=args.precision, compile=args.compile,
                    out=out, quiet=True, timeout=args.timeout)
     if r.returncode == 0:
         print(out)
         return 0
-    print(f"nin record: {args.backend} failed: {_last_line(r.stderr)}", file=sys.stderr)
-    return 3 if r.returncode == 3 else 1
+    print(f"nin record: {args.backend}: {_worker_failure(r)}", file=sys.stderr)
+    return r.returncode if r.returncode in (2, 3) else 1
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no message)"
 
 
-def _matrix_outputs(args) -> None:
+def _worker_failure(r: subprocess.CompletedProcess) -> str:
+    """What a worker's failure was, in one line."""
+    if r.returncode < 0:
+        name = {9: "SIGKILL (out of memory?)", 15: "SIGTERM", 2: "SIGINT", 6: "SIGABRT", 11: "SIGSEGV"}.get(
+            -r.returncode, str(-r.returncode))
+        return f"the worker was killed by signal {name}; its last line: {_last_line(r.stderr)}"
+    return _last_line(r.stderr)
+
+
+def _not_an_input(out: Path, flag: str, inputs: list) -> None:
+    """Refuse to write over a file this command reads."""
+    for p in inputs:
+        if Path(p).resolve() == Path(out).resolve():
+            raise UsageError(f"{flag} {out} is also an input of this command: it would be overwritten")
+
+
+def _matrix_outputs(args, inputs: list) -> None:
+    outputs = {}
     for flag in ("report", "json_out"):
-        if getattr(args, flag, None):
-            check_writable(getattr(args, flag), f"--{flag.replace('_', '-')}")
+        path = getattr(args, flag, None)
+        if path:
+            name = f"--{flag.replace('_', '-')}"
+            check_writable(path, name)
+            _not_an_input(Path(path), name, inputs)
+            outputs[name] = Path(path).resolve()
+    if len(set(outputs.values())) < len(outputs):
+        raise UsageError(f"--report and --json-out are the same file, {args.report}: one would overwrite the other")
 
 
 def cmd_compare(args) -> int:
     from conformance import compare, matrix
 
-    _matrix_outputs(args)
+    _matrix_outputs(args, args.records)
     result = compare.compare(args.records, use_cache=not args.no_cache,
                              progress=None if args.json else lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     text = matrix.render(result)
@@ -173,9 +222,19 @@ def cmd_conformance(args) -> int:
     from tqdm import tqdm
 
     variants = _variants(args)
-    _matrix_outputs(args)
+    names = {specs.get(v).name: v for v in variants}
+    names.update({v: v for v in variants})
+    asked = [str(Path(v).resolve()) if v.endswith(".json") else v for v in args.compile_variants or []]
+    unknown = [v for v, a in zip(args.compile_variants or [], asked) if a not in names]
+    if unknown:
+        raise UsageError(f"--compile-variants: {unknown} not among the variants recorded, "
+                         f"{sorted(specs.get(v).name for v in variants)}")
+    compiled = None if args.compile_variants is None else {names[a] for a in asked}
+    _matrix_outputs(args, [v for v in variants if v.endswith(".json")])
     outdir = Path(args.out_dir)
-    check_writable(outdir / ".probe", "--out-dir")
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--out-dir {outdir} is a file, not a folder")
+    check_writable(outdir / record_name("probe", device=args.device, precision="fp32", compile="eager"), "--out-dir")
     plan = [(b, p, c) for b in (args.backend or list(backends.BACKENDS)) for p in args.precision for c in args.compile
             if c in backends.get(b).compile_modes]
     made, skipped, failed = [], [], []
@@ -183,8 +242,7 @@ def cmd_conformance(args) -> int:
     for name, precision, compile in bar:
         bar.set_postfix_str(f"{name} {precision} {compile}")
         out = outdir / record_name(name, device=args.device, precision=precision, compile=compile)
-        chosen = variants if compile == "eager" or args.compile_variants is None else [
-            v for v in variants if v in args.compile_variants]
+        chosen = variants if compile == "eager" or compiled is None else [v for v in variants if v in compiled]
         if not chosen:
             continue
         t = time.time()
@@ -192,8 +250,8 @@ def cmd_conformance(args) -> int:
                        timeout=args.timeout)
         if r.returncode == 3:
             skipped.append(f"{name}: {_last_line(r.stderr)}")
-        elif r.returncode != 0:
-            failed.append(f"{name} {precision} {compile}: {_last_line(r.stderr)}")
+        elif r.returncode != 0:  # recorded, and the sweep goes on; the exit status says so
+            failed.append(f"{name} {precision} {compile}: {_worker_failure(r)}")
         else:
             made.append(out)
             if not args.json:
@@ -288,7 +346,7 @@ def _matrix_args(q) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nin",
+    p = Parser(prog="nin",
                                 description="Network in Network in four frameworks, and the proof they agree.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -331,19 +389,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SpecError as e:
-        print(f"nin: bad spec: {e}", file=sys.stderr)
-    except (RecordError, WeightsError, DataError, OutputError, BackendError, UsageError) as e:
-        print(f"nin: {e}", file=sys.stderr)
-    except OSError as e:
-        print(f"nin: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("nin: interrupted", file=sys.stderr)
-        return 130
+    with processes.sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: temporary files are removed
+        try:
+            args = parser().parse_args(argv)
+            return args.func(args)
+        except SpecError as e:
+            print(f"nin: bad spec: {_one_line(e)}", file=sys.stderr)
+        except (RecordError, WeightsError, DataError, OutputError, BackendError, UsageError) as e:
+            print(f"nin: {_one_line(e)}", file=sys.stderr)
+        except OSError as e:
+            print(f"nin: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            how = e.name if isinstance(e, processes.Interrupted) else "Ctrl-C"
+            print(f"nin: interrupted ({how}); finished files are whole, temporary files removed", file=sys.stderr)
+            return processes.interrupted_status(e)
+        except Exception as e:  # a bug: still one line, the traceback on request
+            if os.environ.get("NIN_TRACEBACK"):
+                traceback.print_exc()
+            print(f"nin: internal error: {type(e).__name__}: {_one_line(e)} (NIN_TRACEBACK=1 shows where)",
+                  file=sys.stderr)
+            return 1
     return 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, Net
 from common.weights import check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 
 FRAMEWORK = "flax"
+RUNNING_VARIANCE = "biased"  # nnx.BatchNorm keeps the biased batch variance
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 

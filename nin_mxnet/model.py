@@ -11,6 +11,7 @@ from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, Net
 from common.weights import check_shapes
 
 FRAMEWORK = "mxnet"
+RUNNING_VARIANCE = "biased"  # Gluon's BatchNorm keeps the biased batch variance
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,

@@ -16,6 +16,7 @@ from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, Net
 from common.weights import check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 
 FRAMEWORK = "keras"
+RUNNING_VARIANCE = "biased"  # keras.layers.BatchNormalization keeps the biased batch variance
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,

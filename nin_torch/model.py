@@ -10,6 +10,7 @@ from common.spec import BatchNorm, Dropout, Flatten, GlobalAvgPool, MaxPool, Net
 from common.weights import check_shapes
 
 FRAMEWORK = "torch"
+RUNNING_VARIANCE = "unbiased"  # nn.BatchNorm2d keeps the unbiased batch variance (n / (n - 1))
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

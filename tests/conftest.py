@@ -37,9 +37,15 @@ def _csv(value: str) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrise `backend`, `variant` and `device` with ids such as [torch-d2l-cpu]."""
+    """Parametrise `backend`, `variant` and `device` with ids such as [torch-d2l-cpu]; `backend` and
+    `mutant` together where a test takes both ([torch-lr-x1.01-cpu])."""
     opts = metafunc.config.option
-    if "backend" in metafunc.fixturenames:
+    if "backend" in metafunc.fixturenames and "mutant" in metafunc.fixturenames:
+        # tests/test_mutations.py: each backend with the planted bugs of its own catalogue entry
+        from conformance.mutations import for_backend
+        pairs = [(b, m) for b in _csv(opts.backends) for m in for_backend(b)]
+        metafunc.parametrize(("backend", "mutant"), pairs, ids=[f"{b}-{m}" for b, m in pairs], scope="module")
+    elif "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", _csv(opts.backends), scope="module")
     if "variant" in metafunc.fixturenames:
         metafunc.parametrize("variant", _csv(opts.variants), scope="module")

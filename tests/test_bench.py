@@ -69,10 +69,10 @@ def test_utilization_math():
     assert utilization.roofline_images_per_second(1e9, 2e7, 100.0, 1000.0) == (pytest.approx(5e4), "memory")
     assert utilization.roofline_images_per_second(1e9, 1e6, 100.0, 1000.0) == (pytest.approx(1e5), "compute")
     peak = utilization.DevicePeak("test", {"bf16": 2.0}, 1000.0, "test")
-    u = utilization.utilization(1000.0, 1e9, 1e6, peak, "bf16")  # 1e12 FLOP/s on a 2 TFLOP/s device
+    u = utilization.utilization(1000.0, 1e9, 1e6, peak=peak, precision="bf16")  # 1e12 FLOP/s on a 2 TFLOP/s device
     assert u["mfu"] == pytest.approx(0.5) and u["roofline_bound"] == "compute"
     assert u["fraction_of_roofline"] == pytest.approx(0.5)
-    assert utilization.utilization(1000.0, 1e9, 1e6, None, "fp32")["mfu"] is None
+    assert utilization.utilization(1000.0, 1e9, 1e6, peak=None, precision="fp32")["mfu"] is None
 
 
 @pytest.mark.parametrize("name, entry, bandwidth", [
