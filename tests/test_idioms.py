@@ -1,0 +1,264 @@
+"""`nin idioms`: the four frameworks side by side, cut from the live source (issue 14).
+
+The topic table (idioms/topics.py) cites backend definitions, tests and matrix checks; these tests fail
+when one of them is gone, when the committed docs/idioms.html is older than the code it shows, and
+when the page does not lay out in a real browser (headless Chromium: skipped, with the reason, where
+none is installed). Nothing here imports a framework.
+"""
+
+import ast
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common import backends
+from idioms import browser, render, source
+from idioms.cli import first_difference
+from idioms.topics import PACKAGES, PUBLIC, TOPICS, Cut, Note, Topic
+from nin.cli import main as nin
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "idioms.html"
+REGENERATE = f"regenerate it: .venv/bin/{render.COMMAND}"
+
+
+def test_every_cited_definition_test_and_check_exists():
+    """Every cut finds its definitions, every cited test function exists (read with ast), every check is
+    one of common.tolerances.CHECKS, and a note without evidence says what is not proven."""
+    problems = source.verify(TOPICS)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_topic_table_covers_every_backend_and_the_issue():
+    assert set(PACKAGES) == {b.package for b in backends.BACKENDS.values()}
+    assert [t.key for t in TOPICS] == ["block", "build", "weights", "dropout", "loss", "optimizer", "compile",
+                                       "device", "loop", "shapes"]
+    for topic in TOPICS:
+        assert list(topic.cuts) == list(PACKAGES), topic.key
+        assert topic.notes, f"{topic.key}: no difference is called out"
+        for note in topic.notes:
+            assert note.text.endswith(".") and not re.search(r"\. [A-Z]", note.text), \
+                f"{topic.key}: a note is one sentence: {note.text!r}"
+            assert not any(b.startswith("tests/test_mutations.py") for b in note.evidence), \
+                "planted bugs go in Note.planted_bugs"
+
+
+def test_committed_page_is_fresh():
+    """docs/idioms.html is exactly what the source gives now."""
+    assert PAGE.exists(), f"{PAGE.relative_to(ROOT)} is missing; {REGENERATE}"
+    committed, fresh = PAGE.read_text(encoding="utf-8"), render.page(TOPICS)
+    assert committed == fresh, f"docs/idioms.html is stale ({first_difference(committed, fresh)}); {REGENERATE}"
+
+
+def test_render_is_deterministic_and_self_contained():
+    page = render.page(TOPICS)
+    assert page == render.page(TOPICS)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page fetches something"
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert str(ROOT) not in page, "an absolute path of this machine is in the page"
+    for topic in TOPICS:
+        assert f'id="{topic.key}"' in page
+    assert page.count('<div class="col" data-package=') == 4 * len(TOPICS)
+
+
+def _copy_tree(tmp_path: Path) -> Path:
+    """The backend packages and the test files, as another checkout would have them."""
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "tests").mkdir()
+    for f in (ROOT / "tests").glob("*.py"):
+        shutil.copy(f, tmp_path / "tests" / f.name)
+    return tmp_path
+
+
+def test_a_renamed_function_fails_until_the_page_is_regenerated(tmp_path):
+    """Rename nin_block in one backend: the cut fails, naming the file and the function; the page cannot be
+    rendered until idioms/topics.py follows the rename, and then it differs from the one before."""
+    root = _copy_tree(tmp_path)
+    before = render.page(TOPICS, root=root)
+    model = root / "nin_torch" / "model.py"
+    model.write_text(model.read_text().replace("def nin_block(", "def make_block(").replace(
+        "layers.append(nin_block(", "layers.append(make_block("))
+    problems = source.verify(TOPICS, root=root)
+    assert any("nin_torch/model.py" in p and "'nin_block'" in p for p in problems), problems
+    with pytest.raises(source.IdiomsError, match="nin_torch/model.py.*'nin_block'"):
+        render.page(TOPICS, root=root)
+    block = next(t for t in TOPICS if t.key == "block")
+    followed = Topic(block.key, block.title, block.summary,
+                     {**block.cuts, "nin_torch": (Cut("model.py", ("make_block",)),)}, block.notes)
+    topics = tuple(followed if t is block else t for t in TOPICS)
+    after = render.page(topics, root=root)
+    assert after != before and "make_block" in after
+
+
+def test_a_changed_body_makes_the_page_stale(tmp_path):
+    root = _copy_tree(tmp_path)
+    before = render.page(TOPICS, root=root)
+    train = root / "nin_jax" / "train.py"
+    train.write_text(train.read_text().replace("optax.sgd(config.lr,", "optax.sgd(config.lr * 2,"))
+    after = render.page(TOPICS, root=root)
+    assert after != before
+    assert "line" in first_difference(before, after)
+
+
+def test_a_missing_test_or_check_is_named(tmp_path):
+    root = _copy_tree(tmp_path)
+    checks = source.check_names()
+    note = Note("A difference.", evidence=("tests/test_backends.py::test_no_such_test", "tests/nowhere.py::test_x",
+                                           "test_backends.py::test_weights_round_trip"),
+                checks=("no_such_check",), planted_bugs=("tests/test_backends.py::test_weights_round_trip",))
+    problems = "\n".join(source.note_problems(note, checks, root=root))
+    assert "tests/test_backends.py has no test function 'test_no_such_test'" in problems
+    assert "tests/nowhere.py: cannot read it" in problems
+    assert "expected tests/<file>.py::<test function>" in problems
+    assert "check 'no_such_check' is not a conformance check" in problems
+    assert "planted bug 'tests/test_backends.py::test_weights_round_trip': expected tests/test_mutations.py" in problems
+    assert "no evidence and no stated gap" in "\n".join(source.note_problems(Note("Unproven."), checks, root=root))
+    assert not source.note_problems(Note("Unproven.", gap="nothing tests it yet"), checks, root=root)
+    # a renamed test fails the citation too
+    test_file = root / "tests" / "test_backends.py"
+    test_file.write_text(test_file.read_text().replace("def test_dropout_acts_in_training_only(",
+                                                       "def test_dropout_only_in_training("))
+    assert any("test_dropout_acts_in_training_only" in p for p in source.verify(TOPICS, root=root))
+
+
+def test_planted_bugs_are_cited_once_tests_test_mutations_exists(tmp_path):
+    """The place for planted-bug evidence works before tests/test_mutations.py lands: here, a stand-in."""
+    root = _copy_tree(tmp_path)
+    (root / "tests" / "test_mutations.py").write_text(
+        'def test_torch_momentum_not_inverted():\n    """PyTorch given the spec\'s momentum as is."""\n')
+    bug = "tests/test_mutations.py::test_torch_momentum_not_inverted"
+    block = next(t for t in TOPICS if t.key == "block")
+    note = Note("Batch-norm momentum means opposite things.", planted_bugs=(bug,))
+    topic = Topic(block.key, block.title, block.summary, block.cuts, (note,))
+    assert not source.verify((topic,), root=root)
+    page = render.page((topic,), root=root)
+    link = re.search(r'<a class="ev bug" href="#([^"]+)">planted bug ' + re.escape(bug) + "</a>", page)
+    assert link and f'<dt id="{link[1]}">{bug}</dt>' in page
+    assert "PyTorch given the spec's momentum as is." in page and "None cited yet." not in page
+
+
+def test_cuts_bring_their_helpers_and_marked_regions(tmp_path):
+    (tmp_path / "nin_x").mkdir()
+    (tmp_path / "nin_x" / "model.py").write_text(
+        'RATE = 0.5\n\n\ndef _helper(x):\n    return _inner(x) * RATE\n\n\ndef _inner(x):\n    return x\n\n\n'
+        'def public(x):\n    return x\n\n\ndef step(x):\n    """One step."""\n    # idiom: scale\n'
+        '    y = _helper(x)\n    # end idiom\n    return public(y)\n')
+    segs = source.cut("nin_x", Cut("model.py", ("step",)), root=tmp_path)
+    assert [(s.name, s.helper) for s in segs] == [("step", False), ("RATE", True), ("_helper", True),
+                                                  ("_inner", True)]  # public functions are topics of their own
+    assert segs[0].text.startswith("def step(x):") and segs[0].text.endswith("return public(y)")
+    assert [s.name for s in source.cut("nin_x", Cut("model.py", ("step",), helpers=False), root=tmp_path)] == ["step"]
+    region = source.cut("nin_x", Cut("model.py", ("region:scale",)), root=tmp_path)
+    assert region[0].kind == "region" and region[0].text == "    y = _helper(x)"
+    assert [s.name for s in region[1:]] == ["RATE", "_helper", "_inner"]
+    assert [s.name for s in source.cut("nin_x", Cut("model.py", PUBLIC), root=tmp_path)] == \
+        ["public", "step", "RATE", "_helper", "_inner"]
+    with pytest.raises(source.IdiomsError, match="no region marked '# idiom: missing'"):
+        source.cut("nin_x", Cut("model.py", ("region:missing",)), root=tmp_path)
+    with pytest.raises(source.IdiomsError, match="nin_x/loop.py: cannot read it"):
+        source.cut("nin_x", Cut("loop.py", PUBLIC), root=tmp_path)
+
+
+def test_terminal_view_prints_the_four_snippets_with_the_notes(capsys):
+    assert nin(["idioms", "--topic", "block", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    heads = [out.index(f"-- {label}: {package}/model.py nin_block ") for package, label in PACKAGES.items()]
+    assert heads == sorted(heads), "the four snippets, one after another, in the page's order"
+    assert out.index("Differences that matter:") < heads[0]
+    assert out.count("def nin_block(") == 4 and "proven by: tests/test_mirror.py::test_public_functions_mirror" in out
+    assert "\x1b[" not in out
+
+
+def test_json_has_every_topic_with_four_columns(capsys):
+    assert nin(["idioms", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [t["key"] for t in doc["topics"]] == [t.key for t in TOPICS]
+    for t in doc["topics"]:
+        assert list(t["columns"]) == list(PACKAGES)
+        assert all(c["segments"] and all(s["source"].strip() for s in c["segments"]) for c in t["columns"].values())
+    assert set(doc["checks"]) <= set(source.check_names())
+
+
+def test_html_and_check(tmp_path, capsys):
+    out = tmp_path / "sub" / "page.html"
+    assert nin(["idioms", "--html", str(out)]) == 0
+    assert nin(["idioms", "--check", str(out)]) == 0  # a fresh render, compared
+    out.write_text(out.read_text().replace("The NiN block", "The block"))
+    capsys.readouterr()
+    assert nin(["idioms", "--check", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is stale: line" in err and "nin idioms --html docs/idioms.html" in err
+    assert not list(out.parent.glob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--topic", "nope"], "nin idioms: --topic: unknown topic 'nope'; expected one of block, build"),
+    (["--html", "{file}/page.html"], "nin: --html {file}/page.html: {file} is a file, not a folder"),
+    (["--screenshot", "x.png"], "nin idioms: --screenshot: needs --html FILE"),
+    (["--check", "{tmp}/missing.html"], "nin idioms: --check: cannot read {tmp}/missing.html"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    fill = {"file": str(tmp_path / "afile"), "tmp": str(tmp_path)}
+    assert nin(["idioms", *[a.format(**fill) for a in argv]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(**fill)) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        nin(["idioms", "--help"])
+    assert e.value.code == 0 and "--topic" in capsys.readouterr().out
+
+
+def test_idioms_imports_no_framework():
+    """idioms/ reads the backends as text: it runs in every environment."""
+    frameworks = {"torch", "tensorflow", "keras", "jax", "flax", "optax", "mxnet"}
+    for path in (ROOT / "idioms").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not {n.split(".")[0] for n in names} & frameworks, f"{path.name} imports {names}"
+
+
+# --- in a real browser ----------------------------------------------------------------------------
+CHROMIUM = browser.find()
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason=browser.missing())
+
+
+@needs_browser
+@pytest.mark.main_env  # one browser run is enough: the MXNet environment skips it
+def test_page_in_a_real_browser_at_1400_pixels():
+    """Every topic shows four non-empty code columns side by side, and no text leaves its column."""
+    m = browser.measure(CHROMIUM, PAGE.read_text(encoding="utf-8"), width=1400)
+    assert m["innerWidth"] == 1400, m["innerWidth"]
+    assert m["pageScrollWidth"] <= m["innerWidth"], "the page scrolls sideways"
+    assert [t["id"] for t in m["topics"]] == [t.key for t in TOPICS]
+    for t in m["topics"]:
+        cols = t["columns"]
+        assert [c["package"] for c in cols] == list(PACKAGES), t["id"]
+        assert all(c["codeBlocks"] > 0 and c["codeChars"] > 0 for c in cols), f"{t['id']}: an empty column"
+        assert len({round(c["top"]) for c in cols}) == 1 and [c["left"] for c in cols] == sorted(
+            c["left"] for c in cols) and cols[0]["right"] <= cols[1]["left"], f"{t['id']}: not four columns"
+        for c in cols:
+            assert c["problemCount"] == 0, f"{t['id']} / {c['package']}: {c['problems']}"
+
+
+@needs_browser
+@pytest.mark.main_env
+def test_page_stacks_on_a_narrow_screen_and_the_overflow_check_can_fail():
+    m = browser.measure(CHROMIUM, PAGE.read_text(encoding="utf-8"), width=600)
+    for t in m["topics"]:
+        assert len({round(c["left"]) for c in t["columns"]}) == 1, f"{t['id']}: not stacked at 600 px"
+        assert all(c["problemCount"] == 0 for c in t["columns"])
+    assert m["pageScrollWidth"] <= m["innerWidth"]
+    # the same page with code that does not wrap: the measurement must see it stick out
+    page = PAGE.read_text(encoding="utf-8")
+    unwrapped = page.replace("white-space: pre-wrap;", "white-space: pre;")
+    assert unwrapped != page
+    m = browser.measure(CHROMIUM, unwrapped, width=1400)
+    assert sum(c["problemCount"] for t in m["topics"] for c in t["columns"]) > 0
