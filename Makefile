@@ -43,7 +43,7 @@ test: setup
 	KERAS_BACKEND=jax NIN_REQUIRE=keras-jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-jax \
 		-m "not main_env" tests/test_backends.py
 	KERAS_BACKEND=torch NIN_REQUIRE=keras-torch $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-torch \
-		-m "not main_env" tests/test_backends.py
+		-m "not main_env" tests/test_backends.py tests/test_mutations.py
 	NIN_REQUIRE=mxnet $(MXVENV)/bin/python -m pytest $(PYTEST_ARGS) --backends mxnet -m "not main_env"
 
 # The CPU matrix under every numeric path a user's CPU may take that can be forced here (docs/conformance.md).
@@ -59,3 +59,38 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(MXVENV) records/*.safetensors
+
+# --- GPU (docs/gpu.md) ---------------------------------------------------------------------------
+#   make setup GPU=1   .venv with PyTorch's and JAX's CUDA builds (requirements/gpu-*.txt), same versions
+#   make setup-gpu     the same, on its own
+#   make wheelhouse    here, with PyPI: .whl/ = keras and what it needs (CPython 3.12, manylinux x86_64)
+#                      and Fashion-MNIST, for an offline CUDA machine that has PyTorch and JAX already
+#   make gpu-session   on that machine: install .whl/ offline, then GPU conformance and throughput under
+#                      GPU_BUDGET seconds; results in GPU_OUT (no .venv there: its python3 runs it all)
+#   make gpu-dry-run   here: the same script on the CPU with a tiny network (a few minutes)
+GPU ?=
+WHEELHOUSE ?= .whl
+GPU_OUT ?= runs/gpu-session
+GPU_BUDGET ?= 480
+
+.PHONY: setup-gpu wheelhouse gpu-session gpu-dry-run
+
+ifeq ($(GPU),1)
+setup: setup-gpu
+endif
+
+setup-gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: $(VENV)/.installed requirements/gpu-torch.txt requirements/gpu-jax.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements/gpu-torch.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements/gpu-jax.txt
+	touch $@
+
+wheelhouse: $(VENV)/.installed
+	$(VENV)/bin/python -m harness.wheelhouse download --dest $(WHEELHOUSE)
+
+gpu-session:
+	$(PYTHON) -m benchmarks.gpu_session run --wheelhouse $(WHEELHOUSE) --out $(GPU_OUT) --budget $(GPU_BUDGET)
+
+gpu-dry-run: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.gpu_session run --dry-run --wheelhouse $(WHEELHOUSE) --out runs/gpu-dry-run
