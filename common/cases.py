@@ -20,6 +20,7 @@ the cases and REFERENCE_VERSION.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -83,6 +84,20 @@ def dropout_probe(rate: float) -> NetSpec:
     """Dropout alone, on DROPOUT_PROBE[1] channels of 1x1: what the dropout check runs in each backend."""
     units = DROPOUT_PROBE[1]
     return NetSpec(f"dropout-probe-{rate:g}", (units, 1, 1), units, (Dropout(rate), GlobalAvgPool(), Flatten()))
+
+
+def as_kernels_see(spec, cases: Cases, hyperparameters: str) -> tuple[NetSpec, Cases]:
+    """The spec and cases with the hyperparameters a backend's kernels really use: "exact", or
+    "float32" (MXNet's SGD and BatchNorm take lr, momentum, weight decay and the running-statistics
+    momentum as 32-bit floats; in float64 mode the difference is a million times the bound)."""
+    if hyperparameters == "exact":
+        return spec, cases
+    if hyperparameters != "float32":
+        raise ValueError(f"hyperparameters must be 'exact' or 'float32', got {hyperparameters!r}")
+    f32 = lambda v: float(np.float32(v))  # noqa: E731
+    cases = dataclasses.replace(cases, lr=f32(cases.lr), momentum=f32(cases.momentum),
+                                weight_decay=f32(cases.weight_decay))
+    return dataclasses.replace(spec, bn_momentum=f32(spec.bn_momentum)), cases
 
 
 def inputs(spec, cases: Cases) -> tuple[np.ndarray, np.ndarray]:

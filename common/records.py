@@ -34,13 +34,14 @@ DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
 DEVICES = ("cpu", "gpu")
 COMPILES = ("eager", "compiled")
 VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyTorch's is unbiased
-FIELDS = {  # metadata field -> type; the first ten are required
+HYPERPARAMETERS = ("exact", "float32")  # what the kernels see of lr, momentum, wd: MXNet's take float32
+FIELDS = {  # metadata field -> type; the first eleven are required
     "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
-    "numerics": dict, "cases": dict, "variants": dict, "running_variance": str,
+    "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,
     "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
     "command": str,
 }
-REQUIRED = tuple(FIELDS)[:10]
+REQUIRED = tuple(FIELDS)[:11]
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
 MAX_WORK = 10 ** 13  # multiply-adds: ~90 times the d2l variant's cases (1.1e11), minutes rather than days
 MAX_TEXT = 10_000  # characters in one metadata string (the command line is the longest)
@@ -118,7 +119,7 @@ def _check_meta(path: Path, meta) -> None:
     if meta["format"] != FORMAT:
         raise RecordError(f"{path}: metadata.format: {meta['format']!r}, expected {FORMAT!r}")
     for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILES),
-                          ("running_variance", VARIANCES)):
+                          ("running_variance", VARIANCES), ("hyperparameters", HYPERPARAMETERS)):
         if meta[name] not in allowed:
             raise RecordError(f"{path}: metadata.{name}: {meta[name]!r}, expected one of {list(allowed)}")
     for name in ("versions", "numerics"):

@@ -118,6 +118,7 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
         "precision": precision,
         "compile": compile,
         "running_variance": model_mod.RUNNING_VARIANCE,
+        "hyperparameters": model_mod.HYPERPARAMETERS,
         "numerics": {k: str(v) for k, v in numerics.items()},
         "cases": asdict(cases),
         "variants": per_variant,

@@ -14,6 +14,7 @@ from common.weights import check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwi
 
 FRAMEWORK = "flax"
 RUNNING_VARIANCE = "biased"  # nnx.BatchNorm keeps the biased batch variance
+HYPERPARAMETERS = "exact"  # optax and nnx.BatchNorm take Python floats
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 

@@ -17,6 +17,7 @@ from common.weights import check_shapes, hwio_to_oihw, nchw_to_nhwc, oihw_to_hwi
 
 FRAMEWORK = "keras"
 RUNNING_VARIANCE = "biased"  # keras.layers.BatchNormalization keeps the biased batch variance
+HYPERPARAMETERS = "exact"  # optimizer and batch-norm settings are Python floats, cast to the model's dtype
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,

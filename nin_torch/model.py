@@ -11,6 +11,7 @@ from common.weights import check_shapes
 
 FRAMEWORK = "torch"
 RUNNING_VARIANCE = "unbiased"  # nn.BatchNorm2d keeps the unbiased batch variance (n / (n - 1))
+HYPERPARAMETERS = "exact"  # optimizer and batch-norm settings are Python floats
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

@@ -59,9 +59,7 @@ def metadata(spec: NetSpec, **changes) -> dict:
             "variants": {spec.name: {"spec": spec.to_dict(),
                                      "layer_shapes": [list(s) for s in calc.layer_output_shapes(spec)],
                                      "param_count": calc.param_count(spec)}},
-            "created": "2026-01-01T00:00:00+00:00"}
-    if "running_variance" in records.FIELDS:  # the batch-norm convention, where the format has it
-        meta["running_variance"] = "biased"
+            "running_variance": "biased", "hyperparameters": "exact", "created": "2026-01-01T00:00:00+00:00"}
     meta.update(changes)
     return meta
 
