@@ -35,9 +35,11 @@ DEVICES = ("cpu", "gpu")
 COMPILES = ("eager", "compiled")
 VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyTorch's is unbiased
 HYPERPARAMETERS = ("exact", "float32")  # what the kernels see of lr, momentum, wd: MXNet's take float32
+FLOAT64_LIMITS = ("batch_norm",)  # operations a backend may compute below float64 in fp64 mode (declared)
 FIELDS = {  # metadata field -> type; the first eleven are required
     "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
     "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,
+    "float64_limits": dict,
     "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
     "command": str,
 }
@@ -122,15 +124,21 @@ def _check_meta(path: Path, meta) -> None:
                           ("running_variance", VARIANCES), ("hyperparameters", HYPERPARAMETERS)):
         if meta[name] not in allowed:
             raise RecordError(f"{path}: metadata.{name}: {meta[name]!r}, expected one of {list(allowed)}")
-    for name in ("versions", "numerics"):
+    limits = meta.get("float64_limits", {})
+    for name in ("versions", "numerics") + (("float64_limits",) if "float64_limits" in meta else ()):
         bad = [k for k, v in meta[name].items() if not isinstance(v, str)]
         if bad:
             raise RecordError(f"{path}: metadata.{name}.{bad[0]}: expected a string")
+    unknown = [k for k in limits if k not in FLOAT64_LIMITS]
+    if unknown or (limits and meta["precision"] != "fp64"):
+        raise RecordError(f"{path}: metadata.float64_limits: {sorted(limits)}, expected some of {list(FLOAT64_LIMITS)} "
+                          "and only in an fp64 record")
     if meta["backend"] not in BACKENDS:
         raise RecordError(f"{path}: metadata.backend: {meta['backend']!r}, expected one of {sorted(BACKENDS)}")
     texts = [(name, v) for name, v in meta.items() if isinstance(v, str)] + [
         (f"{name}.{k}", v) for name in ("versions", "numerics") for k, v in meta[name].items()] + [
-        (f"{name} (a key)", k) for name in ("versions", "numerics") for k in meta[name]]
+        (f"{name} (a key)", k) for name in ("versions", "numerics") for k in meta[name]] + [
+        (f"float64_limits.{k}", v) for k, v in limits.items()]
     for name, text in texts:  # they are printed: one line each, of a readable length
         if len(text) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise RecordError(f"{path}: metadata.{name}: expected one line of at most {MAX_TEXT:,} characters, "

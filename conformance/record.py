@@ -119,6 +119,7 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
         "compile": compile,
         "running_variance": model_mod.RUNNING_VARIANCE,
         "hyperparameters": model_mod.HYPERPARAMETERS,
+        "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
         "numerics": {k: str(v) for k, v in numerics.items()},
         "cases": asdict(cases),
         "variants": per_variant,

@@ -31,8 +31,11 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: 
                                use_bias=norm is None, dtype=dtype, param_dtype=param_dtype, rngs=rngs))
         if norm is not None:
             # use_fast_variance=False: Flax's default E[x^2] - E[x]^2 loses float32 digits
-            layers.append(nnx.BatchNorm(cout, epsilon=norm.eps, momentum=norm.momentum, use_fast_variance=False,
-                                        dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+            bn = nnx.BatchNorm(cout, epsilon=norm.eps, momentum=norm.momentum, use_fast_variance=False,
+                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            # nnx.BatchNorm makes its running statistics float32 whatever param_dtype: keep them in it
+            bn.mean.value, bn.var.value = bn.mean.value.astype(param_dtype), bn.var.value.astype(param_dtype)
+            layers.append(bn)
         if j < len(convs) - 1 or relu_last:
             layers.append(nnx.relu)
     return nnx.Sequential(*layers)
@@ -143,7 +146,7 @@ def device_of(model: nnx.Module) -> jax.Device:
 def to_input(model: nnx.Module, images: np.ndarray) -> jax.Array:
     """NCHW images as the model's input: NHWC, on its device, in its parameters' dtype."""
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
-    dtype = params[0].dtype if params else jnp.float32
+    dtype = params[0].dtype if params else np.asarray(images).dtype  # no parameters: the images' own dtype
     return jax.device_put(nchw_to_nhwc(np.asarray(images, dtype=dtype)), device_of(model))
 
 

@@ -95,6 +95,12 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
     }
 
 
+def float64_limits() -> dict[str, str]:
+    """Operations that compute below float64 in the fp64 mode, with the reason: none in Flax (nnx.BatchNorm
+    makes its running statistics float32 whatever param_dtype; model.build casts them)."""
+    return {}
+
+
 def device_name(device: str) -> str:
     if device == "gpu":
         return jax.devices("gpu")[0].device_kind

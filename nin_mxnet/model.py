@@ -125,7 +125,8 @@ def device_of(model: nn.Block) -> mx.Context:
 def to_input(model: nn.Block, images: np.ndarray) -> mx.nd.NDArray:
     """NCHW images as the model's input: on its device, in its dtype."""
     params = list(model.collect_params().values())
-    return mx.nd.array(images, ctx=device_of(model), dtype=params[0].dtype if params else "float32")
+    dtype = params[0].dtype if params else np.asarray(images).dtype  # no parameters: the images' own dtype
+    return mx.nd.array(images, ctx=device_of(model), dtype=dtype)
 
 
 def forward(model: nn.HybridSequential, images: np.ndarray, *, training: bool = False, seed: int = 0) -> np.ndarray:

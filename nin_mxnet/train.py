@@ -82,6 +82,12 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
     }
 
 
+def float64_limits() -> dict[str, str]:
+    """Operations that compute below float64 in the fp64 mode, with the reason: none in MXNet (its
+    optimizer and batch-norm momentum settings are float32: HYPERPARAMETERS in model.py)."""
+    return {}
+
+
 def device_name(device: str) -> str:
     if device == "gpu":
         from mxnet.runtime import Features  # the device's name is not exposed; name the build instead

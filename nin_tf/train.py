@@ -116,6 +116,8 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
     dtype = "float64" if precision == "fp64" else "float32"
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
+    global LOSS  # a Keras loss keeps the dtype floatx had when it was built: build it again
+    LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if strict:
         os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
         os.environ["TF_DETERMINISTIC_OPS"] = "1"
@@ -133,6 +135,16 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
         "JAX_DEFAULT_MATMUL_PRECISION": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION"),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def float64_limits() -> dict[str, str]:
+    """Operations that compute below float64 in the fp64 mode, with the reason. Keras 3's
+    BatchNormalization computes in backend.result_type(input dtype, "float32"), which is float32 for
+    float64 input on Keras's JAX and PyTorch backends (and float64 on TensorFlow's)."""
+    if keras.backend.result_type("float64", "float32") == "float64":
+        return {}
+    return {"batch_norm": f"Keras {keras.__version__}'s BatchNormalization computes in float32 on its "
+                          f"{keras.backend.backend()} backend (result_type(float64, 'float32') is float32 there)"}
 
 
 def device_name(device: str) -> str:

@@ -115,9 +115,10 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def to_input(model: nn.Module, images: np.ndarray) -> torch.Tensor:
-    """NCHW images as the model's input: on its device, in its dtype."""
+    """NCHW images as the model's input: on its device, in its dtype (a model without parameters
+    keeps the images' own dtype)."""
     param = next(model.parameters(), None)
-    return torch.as_tensor(images, device=device_of(model), dtype=param.dtype if param is not None else torch.float32)
+    return torch.as_tensor(images, device=device_of(model), dtype=param.dtype if param is not None else None)
 
 
 def forward(model: nn.Sequential, images: np.ndarray, *, training: bool = False, seed: int = 0) -> np.ndarray:

@@ -76,6 +76,11 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
     }
 
 
+def float64_limits() -> dict[str, str]:
+    """Operations that compute below float64 in the fp64 mode, with the reason: none in PyTorch."""
+    return {}
+
+
 def device_name(device: str) -> str:
     if device == "gpu":
         return torch.cuda.get_device_name(0)
