@@ -17,7 +17,10 @@ that is not in the file is measured on first use and cached in ~/.cache/nin/erro
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +108,12 @@ def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dic
 
 
 def store(entries: dict[str, dict], path: Path = STORE) -> Path:
-    """Merge measured entries into the committed file (one line per entry, stable order)."""
-    current = _load_store(path)
-    current.update(entries)
-    lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(current.items())]
-    return atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
+    """Merge measured entries into the committed file (one line per entry, stable order). Several
+    `nin error-model --write` processes may measure at once: the read-merge-write is locked."""
+    lock = Path(tempfile.gettempdir()) / f"nin-error-model-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        current = _load_store(path)
+        current.update(entries)
+        lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(current.items())]
+        return atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")

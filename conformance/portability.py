@@ -26,22 +26,26 @@ import numpy as np
 from tqdm import tqdm
 
 from common import backends
+from common import cases as case_lib
 from common import spec as specs
 from common.fsio import atomic_write_text, check_writable
 from common.records import read_record
 
-# name -> environment; every oneDNN spelling is set (MXNet 1.9 reads MKLDNN_, newer builds DNNL_ / ONEDNN_)
+# name -> (environment, the backends whose kernels it can change); every oneDNN spelling is set (MXNet 1.9
+# reads MKLDNN_, newer builds DNNL_ / ONEDNN_). "reference": the float64 NumPy reference is recomputed.
+ALL = ("mxnet", "torch", "keras-tf", "jax", "keras-jax", "keras-torch")
+ONEDNN = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")
 PATHS = {
-    "baseline": {},
-    "1-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                 "TF_NUM_INTRAOP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
-    "ATen-default": {"ATEN_CPU_CAPABILITY": "default"},
-    "oneDNN-SSE4.1": {k: "SSE41" for k in ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")},
-    "oneDNN-AVX": {k: "AVX" for k in ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")},
-    "TF-no-oneDNN": {"TF_ENABLE_ONEDNN_OPTS": "0"},
-    "MXNet-no-oneDNN": {"MXNET_MKLDNN_ENABLED": "0"},
-    "XLA-SSE4.2": {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
-    "OpenBLAS-Prescott": {"OPENBLAS_CORETYPE": "Prescott"},
+    "baseline": ({}, ALL),
+    "1-thread": ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                  "TF_NUM_INTRAOP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, ALL),
+    "ATen-default": ({"ATEN_CPU_CAPABILITY": "default"}, ("torch", "keras-torch")),
+    "oneDNN-SSE4.1": ({k: "SSE41" for k in ONEDNN}, ("mxnet", "torch", "keras-tf", "keras-torch")),
+    "oneDNN-AVX": ({k: "AVX" for k in ONEDNN}, ("mxnet", "torch", "keras-tf", "keras-torch")),
+    "TF-no-oneDNN": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, ("keras-tf",)),
+    "MXNet-no-oneDNN": ({"MXNET_MKLDNN_ENABLED": "0"}, ("mxnet",)),
+    "XLA-SSE4.2": ({"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}, ("jax", "keras-jax")),
+    "OpenBLAS-Prescott": ({"OPENBLAS_CORETYPE": "Prescott"}, ("torch", "reference")),
 }
 
 
@@ -63,11 +67,15 @@ def cpu() -> dict:
 
 
 def run_path(name: str, *, variants: list[str], out_dir: Path, precisions: list[str], timeout: float) -> dict:
-    env = {**os.environ, **PATHS[name]}
+    environment, affected = PATHS[name]
+    env = {**os.environ, **environment}
+    if "reference" in affected:  # the reference computed afresh under this BLAS, in a cache of its own
+        env["NIN_CACHE_DIR"] = str((out_dir / name / "cache").resolve())
     records_dir = out_dir / name
     json_out = out_dir / f"{name}.json"
-    cmd = [sys.executable, "-m", "nin", "conformance", "--variant", *variants, "--precision", *precisions,
-           "--compile", "eager", "--out-dir", str(records_dir), "--json-out", str(json_out)]
+    names = [b for b in affected if b in backends.BACKENDS]
+    cmd = [sys.executable, "-m", "nin", "conformance", "--backend", *names, "--variant", *variants,
+           "--precision", *precisions, "--compile", "eager", "--out-dir", str(records_dir), "--json-out", str(json_out)]
     proc = subprocess.run(cmd, env=env, cwd=backends.ROOT, capture_output=True, text=True, timeout=timeout)
     if not json_out.is_file():
         return {"path": name, "error": proc.stderr.strip()[-1000:] or f"exit status {proc.returncode}"}
@@ -87,7 +95,26 @@ def changed(baseline: list[str], other: list[str]) -> dict[str, bool]:
     return out
 
 
-def report(runs: list[dict], machine: dict) -> tuple[str, dict]:
+def reference_change(out_dir: Path, name: str) -> str:
+    """How far the float64 reference computed on this path is from the usual cache's (max relative)."""
+    ours = sorted((out_dir / name / "cache" / "reference").glob("*.npz"))
+    usual = case_lib.cache_dir() / "reference"
+    worst, compared = 0.0, 0
+    for path in ours:
+        other = usual / path.name
+        if not other.is_file():
+            continue
+        with np.load(path) as a, np.load(other) as b:
+            for k in a.files:
+                scale = float(np.max(np.abs(b[k]))) or 1.0
+                worst = max(worst, float(np.max(np.abs(a[k] - b[k]))) / scale)
+                compared += 1
+    if not compared:
+        return "reference: nothing to compare"
+    return "reference unchanged (bitwise)" if worst == 0 else f"reference moved by up to {worst:.1e} (relative)"
+
+
+def report(runs: list[dict], machine: dict, out_dir: Path) -> tuple[str, dict]:
     worst: dict[tuple, tuple[float, str]] = {}
     for run in runs:
         for c in (run.get("result") or {}).get("checks", []):
@@ -110,11 +137,12 @@ def report(runs: list[dict], machine: dict) -> tuple[str, dict]:
         "- each path: `nin conformance --compile eager` with the environment below; the ratio is the measured "
         "error's share of its bound (common/tolerances.py); the goal is <= 0.5 everywhere",
         "",
-        "| path | environment | records whose tensors changed (bitwise, vs baseline) |",
-        "|---|---|---|",
+        "| path | environment | recorded | records whose tensors changed (bitwise, vs baseline) |",
+        "|---|---|---|---|",
     ]
     for r in runs:
-        env = " ".join(f"{k}={v}" for k, v in PATHS[r["path"]].items()) or "–"
+        environment, affected = PATHS[r["path"]]
+        env = " ".join(f"{k}={v}" for k, v in environment.items()) or "–"
         if "error" in r:
             effect = f"failed: {r['error'][:200]}"
         elif r["path"] == "baseline":
@@ -122,14 +150,17 @@ def report(runs: list[dict], machine: dict) -> tuple[str, dict]:
         else:
             names = [n.replace(".safetensors", "") for n, c in effects.get(r["path"], {}).items() if c]
             effect = ", ".join(names) or "none: this switch changes no result here"
-        lines.append(f"| {r['path']} | `{env}` | {effect} |")
+            if "reference" in affected:
+                effect += "; " + reference_change(out_dir, r["path"])
+        lines.append(f"| {r['path']} | `{env}` | {', '.join(affected)} | {effect} |")
     lines += ["", f"**Worst share of its bound over all paths: {max((v[0] for v in worst.values()), default=0):.2f}**"
               f"; checks above 0.5: {len(over)}", "",
               "| variant | check | record | worst ratio | on path |", "|---|---|---|---|---|"]
     for (variant, check, backend), (ratio, path) in sorted(worst.items()):
         flag = " **> 0.5**" if ratio > 0.5 else ""
         lines.append(f"| {variant} | {check} | {backend} | {ratio:.3f}{flag} | {path} |")
-    doc = {"cpu": machine, "paths": {r["path"]: PATHS[r["path"]] for r in runs},
+    doc = {"cpu": machine, "paths": {r["path"]: {"environment": PATHS[r["path"]][0], "recorded": PATHS[r["path"]][1]}
+                                     for r in runs},
            "errors": {r["path"]: r["error"] for r in runs if "error" in r}, "changed": effects,
            "worst": [{"variant": k[0], "check": k[1], "record": k[2], "ratio": v[0], "path": v[1]}
                      for k, v in sorted(worst.items())]}
@@ -149,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = ["baseline"] + [x for x in args.paths if x != "baseline"]
     runs = [run_path(name, variants=args.variant, out_dir=args.out_dir, precisions=args.precision,
                      timeout=args.timeout) for name in tqdm(paths, desc="paths", unit="path")]
-    text, doc = report(runs, cpu())
+    text, doc = report(runs, cpu(), args.out_dir)
     atomic_write_text(args.report, text)
     atomic_write_text(args.report.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
     print(text)
