@@ -35,7 +35,8 @@ DEVICES = ("cpu", "gpu")
 COMPILES = ("eager", "compiled")
 VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyTorch's is unbiased
 HYPERPARAMETERS = ("exact", "float32")  # what the kernels see of lr, momentum, wd: MXNet's take float32
-FLOAT64_LIMITS = ("batch_norm",)  # operations a backend may compute below float64 in fp64 mode (declared)
+FLOAT64_LIMITS = ("batch_norm", "all")  # what a backend computes below float64 in fp64 mode (declared): batch
+# norm only, or everything (Keras on JAX and PyTorch)
 FIELDS = {  # metadata field -> type; the first eleven are required
     "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
     "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,

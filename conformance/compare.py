@@ -144,29 +144,40 @@ def check_structure(rec: Record, variant: str, label: str) -> list[Check]:
 def bound_precision(rec: Record, spec) -> tuple[str, str]:
     """The precision whose bounds hold a record, and why when it is not the record's own: an fp64
     record whose backend declares that an operation of this spec computes below float64
-    (float64_limits, e.g. Keras's BatchNormalization on JAX and PyTorch) is held to fp32 bounds,
+    (float64_limits: Keras on JAX and PyTorch, whose type promotion maps float64 to float32) is held to fp32 bounds,
     and every one of its rows says so."""
     limits = rec.meta.get("float64_limits", {})
     uses_bn = any(block.batch_norm for _, block in spec.blocks())
+    if rec.precision == "fp64" and "all" in limits:
+        return "fp32", f"fp32 bound: {limits['all']}"
     if rec.precision == "fp64" and "batch_norm" in limits and uses_bn:
         return "fp32", f"fp32 bound: {limits['batch_norm']}"
     return rec.precision, ""
 
 
+def reference_as_seen(spec, cases: Cases, init: dict, *, hyperparameters: str, running_variance: str,
+                      data_dir=None, use_cache: bool = True) -> dict:
+    """The float64 reference (as updates from `init`) as a backend's kernels see it: with its
+    hyperparameters (exact, or float32 for MXNet) and its running variance's convention. The matrix
+    and tests/test_backends.py both call this."""
+    spec, cases = as_kernels_see(spec, cases, hyperparameters)
+    return for_convention(as_updates(reference_results(spec, cases, data_dir, use_cache), init), running_variance)
+
+
 class _References:
-    """The float64 reference of one variant as each record's kernels see it, computed once per mode."""
+    """The reference of one variant as each record's kernels see it, computed once per kind of record."""
 
     def __init__(self, spec, cases: Cases, init: dict, *, data_dir, use_cache: bool):
         self.spec, self.cases, self.init, self.data_dir, self.use_cache = spec, cases, init, data_dir, use_cache
-        self.by_mode: dict[str, dict] = {}
+        self.seen: dict[tuple, dict] = {}
 
     def seen_by(self, rec: Record) -> dict:
-        """Its hyperparameters (exact, or float32 for MXNet) and its running variance's convention."""
-        mode = rec.meta["hyperparameters"]
-        if mode not in self.by_mode:
-            spec, cases = as_kernels_see(self.spec, self.cases, mode)
-            self.by_mode[mode] = as_updates(reference_results(spec, cases, self.data_dir, self.use_cache), self.init)
-        return for_convention(self.by_mode[mode], rec.meta["running_variance"])
+        key = (rec.meta["hyperparameters"], rec.meta["running_variance"])
+        if key not in self.seen:
+            self.seen[key] = reference_as_seen(self.spec, self.cases, self.init, hyperparameters=key[0],
+                                               running_variance=key[1], data_dir=self.data_dir,
+                                               use_cache=self.use_cache)
+        return self.seen[key]
 
 
 def labels(recs: list[Record]) -> dict[int, str]:

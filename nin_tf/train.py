@@ -36,11 +36,16 @@ class CoupledSGD(keras.optimizers.SGD):
 
     def __init__(self, l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        # SGD's update_step does ops.cast(self.momentum, dtype), and TensorFlow makes a Python float a
+        # float32 tensor before casting (0.9 -> 0.89999998): a NumPy float64 (a float) keeps 53 bits
+        self.momentum = np.float64(self.momentum)
         self.l2 = l2
 
     def update_step(self, gradient, variable, learning_rate):
         if self.l2:
-            gradient = keras.ops.add(gradient, keras.ops.multiply(keras.ops.cast(self.l2, variable.dtype), variable))
+            # convert_to_tensor with the dtype: cast() would round the Python float to float32 first
+            l2 = keras.ops.convert_to_tensor(self.l2, dtype=variable.dtype)
+            gradient = keras.ops.add(gradient, keras.ops.multiply(l2, variable))
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
@@ -138,13 +143,15 @@ def configure(device: str = "cpu", precision: str = "fp32") -> dict:
 
 
 def float64_limits() -> dict[str, str]:
-    """Operations that compute below float64 in the fp64 mode, with the reason. Keras 3's
-    BatchNormalization computes in backend.result_type(input dtype, "float32"), which is float32 for
-    float64 input on Keras's JAX and PyTorch backends (and float64 on TensorFlow's)."""
+    """Operations that compute below float64 in the fp64 mode, with the reason. Keras 3's type
+    promotion maps float64 to float32 on its JAX and PyTorch backends (keras/src/backend/common/
+    dtypes.py, BIT64_TO_BIT32_DTYPE, "to be aligned with JAX's default"), so every op that promotes,
+    such as the global average pool's mean, the loss and BatchNormalization, computes in float32
+    there; on TensorFlow float64 stays float64."""
     if keras.backend.result_type("float64", "float32") == "float64":
         return {}
-    return {"batch_norm": f"Keras {keras.__version__}'s BatchNormalization computes in float32 on its "
-                          f"{keras.backend.backend()} backend (result_type(float64, 'float32') is float32 there)"}
+    return {"all": f"Keras {keras.__version__} computes means, the loss and batch norm in float32 on its "
+                   f"{keras.backend.backend()} backend (its type promotion maps float64 to float32)"}
 
 
 def device_name(device: str) -> str:

@@ -15,7 +15,7 @@ from common.cases import Cases, reference_results, training_batches
 from common.spec import Dropout, Flatten, GlobalAvgPool, NetSpec, NiNBlock
 from common.tolerances import CHECKS, bound, judge
 from common.weights import WeightsError
-from conformance.compare import as_updates, bounds_for, check_values
+from conformance.compare import as_updates, bounds_for, check_values, for_convention, reference_as_seen
 from conformance.record import compute_variant
 
 CASES = Cases()
@@ -38,12 +38,18 @@ def computed(bk, spec, device, data_dir):
 
 
 @pytest.fixture(scope="module")
-def verdicts(computed, spec, data_dir):
+def verdicts(bk, computed, spec, data_dir):
+    """Judged as the matrix judges a record (conformance.compare): the same reference, the same bounds."""
+    model_mod, _ = bk
     values, _ = computed
     init = weights.init(spec, CASES.init_seed)
-    ref = as_updates(reference_results(spec, CASES, data_dir), init)
-    bounds = bounds_for(ref, errormodel.spreads(spec, CASES, "fp32", data_dir), "fp32")
-    rows = check_values(spec.name, "test", "reference", values=as_updates(values, init), reference=ref, bounds=bounds)
+    ref = reference_as_seen(spec, CASES, init, hyperparameters=model_mod.HYPERPARAMETERS,
+                            running_variance=model_mod.RUNNING_VARIANCE, data_dir=data_dir)
+    exact = as_updates(reference_results(spec, CASES, data_dir), init)  # bounds: from the exact reference
+    bounds = for_convention(bounds_for(exact, errormodel.spreads(spec, CASES, "fp32", data_dir), "fp32"),
+                            model_mod.RUNNING_VARIANCE)
+    rows = check_values(spec.name, "test", "reference", values=as_updates(values, init), reference=ref, bounds=bounds,
+                        precision="fp32")
     return {r.check: r for r in rows}
 
 
@@ -55,7 +61,7 @@ def test_matches_reference(verdicts, check, spec):
         missing = {"running_statistics": "batch norm", "dropout": "dropout"}.get(check, check)
         pytest.skip(f"{spec.name} has no {missing}: nothing to check")
     row = verdicts[check]
-    assert row.passed, f"{check}: {row.measured:.3g}, {row.ratio:.3g} x its bound ({row.detail})"
+    assert row.passed, f"{check}: {row.measured}, {row.ratio:.3g} x its bound ({row.detail})"
 
 
 def test_layer_shapes_match_spec(computed, spec):

@@ -61,7 +61,8 @@ def test_every_record_passes_against_reference_and_each_other(records):
                       "momentum_final_weights"):
             assert (check, name) in checks
     pairs = len(records) * (len(records) - 1) // 2
-    assert result.numeric_checks == 7 * (len(records) + pairs)
+    # against the reference: seven value checks and dropout's statistics; a pair: the seven (masks differ)
+    assert result.numeric_checks == 8 * len(records) + 7 * pairs
 
 
 def test_record_says_what_it_tested(records):
@@ -87,9 +88,10 @@ def test_tests_and_matrix_judge_alike(records, data_dir):
     init = weights.init(spec, cases.init_seed)
     ref = as_updates(reference_results(spec, cases, data_dir), init)
     here = check_values(VARIANT, name, "reference", values=as_updates(values, init), reference=ref,
-                        bounds=bounds_for(ref, errormodel.spreads(spec, cases, "fp32"), "fp32"))
+                        bounds=bounds_for(ref, errormodel.spreads(spec, cases, "fp32"), "fp32"), precision="fp32")
     there = [r for r in compare.compare([records[name]]).rows if r.against == "reference"]
-    assert [(r.check, r.ratio) for r in here] == pytest.approx([(r.check, r.ratio) for r in there])
+    assert [r.check for r in here] == [r.check for r in there]
+    assert [r.ratio for r in here] == pytest.approx([r.ratio for r in there])
 
 
 def _rewrite(src: Path, dst: Path, tensors=None, meta=None):
@@ -206,8 +208,13 @@ def test_fp64_records_meet_the_reference_at_float64_resolution(tmp_path, data_di
         made.append(path)
     result = compare.compare(made)
     assert result.passed, matrix.render(result)
+    # a backend that declares what it computes below float64 (Keras on JAX and PyTorch) is held to
+    # fp32 bounds, and says so; every other one meets float64 itself
+    limited = {p.stem.removesuffix("-fp64") for p in made if read_record(p).meta.get("float64_limits")}
     logits = [r for r in result.rows if r.check == "logits" and r.against == "reference"]
-    assert logits and all(r.measured < 1e-12 for r in logits), [(r.backend, r.measured) for r in logits]
+    assert logits and all(r.measured < 1e-12 for r in logits if r.backend.split("/")[0] not in limited), \
+        [(r.backend, r.measured) for r in logits]
+    assert all("fp32 bound" in r.detail for r in logits if r.backend.split("/")[0] in limited)
     assert all(str(read_record(p).tensors[f"{VARIANT}/logits"].dtype) == "float64" for p in made)
 
 
