@@ -1,5 +1,474 @@
-"""The `nin` subcommands of the training driver."""
+"""The `nin` subcommands of the training driver.
+
+    nin train     one run: a backend, a variant, a recipe; metrics, checkpoints, --resume
+    nin sweep     many runs with one recipe (backends x variants x seeds), resumable; then the report
+    nin report    the summary per (variant, backend) and the backends' agreement (TOST) of runs
+    nin plot      runs' curves overlaid, one colour per backend (or per variant)
+    nin lr-find   the learning-rate range test, per backend and variant, plotted
+
+Every run happens in the backend's own interpreter (`python -m training.worker`, started through
+harness.processes); nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from common import backends, tables
+from common import spec as specs
+from common.fsio import atomic_write_text, check_writable
+from harness import processes
+
+from . import recipe as recipes
+from . import report as reports
+from . import runs
+from .recipe import Settings, SettingsError
+from .runs import RunError
+
+ROOT = backends.ROOT
+EXIT_DIVERGED = 1
+
+
+def _one_line(command):
+    """Bad input (a setting, a run directory, a metrics file, a checkpoint): one line, exit status 2."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except (RunError, SettingsError) as e:
+            print(f"nin {args.command}: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _command_line() -> str:
+    return "nin " + shlex.join(sys.argv[1:]) if sys.argv else "nin"
+
+
+# --- settings from flags ----------------------------------------------------------------------
+def _settings(args, backend: str, *, variant: str | None = None, seed: int | None = None) -> Settings:
+    overrides = {k: getattr(args, k) for k in recipes.TUNABLE}
+    return recipes.from_recipe(
+        args.recipe, backend, variant=variant or args.variant, resize=args.resize, train_limit=args.train_limit,
+        test_limit=args.test_limit, seed=args.seed if seed is None else seed, device=args.device,
+        precision=args.precision, compile=args.compile, max_loss=args.max_loss, eval_every=args.eval_every,
+        **overrides)
+
+
+def _explicit(args) -> dict:
+    """The settings flags the user typed (argparse defaults are None for every one of them)."""
+    names = recipes.TUNABLE + ("variant", "resize", "train_limit", "test_limit", "seed", "device", "precision",
+                               "compile", "max_loss", "eval_every")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _variant_arg(name: str) -> str:
+    """A named variant, or a JSON spec file (made absolute: the worker runs in the repository)."""
+    if name.endswith(".json"):
+        specs.get(name)
+        return str(Path(name).resolve())
+    if name not in specs.VARIANTS:
+        raise argparse.ArgumentTypeError(f"expected one of {sorted(specs.VARIANTS)} or a .json spec file, "
+                                         f"got {name!r}")
+    return name
+
+
+def run_worker(mode: str, s: Settings, out: Path, *, extra: list[str] = (), quiet: bool = False,
+               timeout: float | None = None) -> tuple[int, dict]:
+    """Run training.worker in the backend's interpreter; its progress bar and messages reach stderr."""
+    cmd = processes.worker_command(s.backend, "training.worker", [
+        mode, "--settings", json.dumps(s.to_dict()), "--out", str(Path(out).resolve()), "--command",
+        _command_line(), *(["--quiet"] if quiet else []), *extra])
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=processes.environment_for(s.backend), stdout=subprocess.PIPE,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, {"status": "error", "reason": f"timed out after {timeout:g} s"}
+    except OSError as e:
+        return 3, {"status": "skipped", "reason": f"cannot start {cmd[0]}: {e.strerror or e}"}
+    result = {}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+            break
+    return proc.returncode, result
+
+
+# --- nin train --------------------------------------------------------------------------------
+def _epoch_rows(epochs: list[dict]) -> tuple[list, list]:
+    header = ["epoch", "lr", "train loss", "train acc", "test loss", "test acc", "img/s", "seconds"]
+    rows = [[e["epoch"], f"{e['lr']:.4g}", f"{e['train_loss']:.4f}", f"{e['train_accuracy']:.4f}",
+             f"{e['test_loss']:.4f}", f"{e['test_accuracy']:.4f}", f"{e['images_per_second']:,.1f}",
+             f"{e['wall_seconds']:.1f}"] for e in epochs]
+    return header, rows
+
+
+@_one_line
+def cmd_train(args) -> int:
+    out = Path(args.out or Path("runs") / f"{args.backend}-{Path(args.variant or 'd2l').stem}-seed{args.seed or 0}")
+    if args.resume:
+        s = runs.stored_settings(out)
+        differ = [f"--{k.replace('_', '-')} {v} (the run has {getattr(s, k)})" for k, v in _explicit(args).items()
+                  if k != "variant" and getattr(s, k) != v]
+        if args.variant and _variant_arg(args.variant) != s.variant:
+            differ.append(f"--variant {args.variant} (the run has {s.variant})")
+        if s.backend != args.backend:
+            differ.append(f"--backend {args.backend} (the run has {s.backend})")
+        if differ:
+            raise RunError(f"{out}: --resume continues the run with its own settings; these differ: "
+                           + "; ".join(differ))
+        _, done, _ = runs.read_metrics(out)
+        if len(done) == s.epochs and (out / runs.CHECKPOINT).exists():
+            print(f"nin train: {out} is complete ({s.epochs} epochs)", file=sys.stderr)
+            return _show_run(out, args.json)
+    else:
+        s = _settings(args, args.backend)
+        if (out / runs.METRICS).exists() or (out / runs.CHECKPOINT).exists():
+            raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        check_writable(out / runs.METRICS, "--out")
+    code, result = run_worker("train", s, out, extra=["--resume"] if args.resume else [], quiet=args.quiet,
+                              timeout=args.timeout)
+    if code == 3:
+        print(f"nin train: {s.backend} is not installed ({result.get('reason', 'see above')})", file=sys.stderr)
+        return 3
+    if code not in (0, EXIT_DIVERGED) or not (out / runs.METRICS).exists():
+        if result.get("reason") and code != 2:
+            print(f"nin train: {s.backend} failed: {result['reason']}", file=sys.stderr)
+        return code or 1
+    _show_run(out, args.json)
+    return code
+
+
+def _show_run(out: Path, as_json: bool) -> int:
+    header, epochs, others = runs.read_metrics(out)
+    if as_json:
+        print(json.dumps({"run": str(out), "settings": header["settings"], "epochs": epochs, "events": others},
+                         indent=2))
+        return 0
+    s = header["settings"]
+    print(f"{s['backend']} {s['variant']} on {header['device']} ({header['device_name']}): {s['recipe']} recipe, "
+          f"{s['optimizer']} lr {s['lr']:g} {s['schedule']}, batch {s['batch_size']}, {s['resize']}x{s['resize']}, "
+          f"{header.get('train_images', '?')} training images, seed {s['seed']}")
+    print("\n".join(tables.text(*_epoch_rows(epochs), right=tuple(range(8)))))
+    for o in others:
+        if o["type"] == "diverged":
+            print(f"diverged: {o['message']}")
+    print(f"metrics: {out / runs.METRICS}; checkpoint: {out / runs.CHECKPOINT}")
+    return 0
+
+
+# --- nin sweep / report / plot -------------------------------------------------------------------
+@_one_line
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    check_writable(out / "report.md", "--out")
+    seeds = args.seed_list if args.seed_list else list(range(args.seeds))
+    variants = args.variant_list or [args.variant or "d2l"]
+    plan = []
+    for seed in seeds:  # seed outermost: an interrupted sweep has whole seeds of every backend
+        for variant in variants:
+            for backend in args.backend:
+                s = _settings(args, backend, variant=variant, seed=seed)
+                plan.append((s, out / Path(variant).stem / backend / f"seed{seed}"))
+    failed = []
+    bar = tqdm(plan, desc="sweep", unit="run", file=sys.stderr, dynamic_ncols=True, disable=args.json)
+    for s, run_dir in bar:
+        bar.set_postfix_str(f"{Path(s.variant).stem} {s.backend} seed {s.seed}")
+        resume = (run_dir / runs.METRICS).exists()
+        if resume:
+            stored = runs.stored_settings(run_dir)
+            if stored != s:
+                raise RunError(f"{run_dir}: holds a run with other settings; use another --out")
+            _, done, others = runs.read_metrics(run_dir)
+            if len(done) == s.epochs:
+                continue
+            if any(o["type"] == "diverged" for o in others) and not args.retry_diverged:
+                continue  # deterministic: it would diverge again
+        code, result = run_worker("train", s, run_dir, extra=["--resume"] if resume else [], quiet=True,
+                                  timeout=args.timeout)
+        if code not in (0, EXIT_DIVERGED):
+            failed.append(f"{run_dir}: {result.get('reason', f'exit status {code}')}")
+            tqdm.write(f"  failed: {failed[-1]}", file=sys.stderr)
+    bar.close()
+    all_runs = reports.load_runs([out])
+    _write_report(all_runs, out, margin=args.margin, title=args.title or f"Sweep {out.name}",
+                  color_by="variant" if len(variants) > 1 and len(args.backend) == 1 else "backend")
+    print(json.dumps(reports.to_json(all_runs, args.margin), indent=2) if args.json
+          else reports.text(all_runs, args.margin))
+    for f in failed:
+        print(f"nin sweep: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_report(all_runs, out: Path, *, margin: float, title: str, color_by: str) -> None:
+    from . import plots
+
+    atomic_write_text(out / "report.md", reports.markdown(all_runs, margin, title=title, command=_command_line())
+                      + "\n![curves](curves.png)\n")
+    atomic_write_text(out / "report.json", json.dumps(reports.to_json(all_runs, margin), indent=2) + "\n")
+    plots.plot_runs(all_runs, out / "curves.png", color_by=color_by, title=title)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'curves.png'}", file=sys.stderr)
+
+
+@_one_line
+def cmd_report(args) -> int:
+    all_runs = reports.load_runs(args.runs)
+    if args.out:
+        out = Path(args.out)
+        check_writable(out / "report.md", "--out")
+        _write_report(all_runs, out, margin=args.margin, title=args.title or "Training runs", color_by=args.color_by)
+    print(json.dumps(reports.to_json(all_runs, args.margin), indent=2) if args.json
+          else reports.text(all_runs, args.margin))
+    return 0
+
+
+@_one_line
+def cmd_plot(args) -> int:
+    from . import plots
+
+    all_runs = reports.load_runs(args.runs)
+    if args.out:
+        out = Path(args.out)
+    elif len(all_runs) == 1:
+        out = all_runs[0].path / "curves.png"
+    else:
+        raise SettingsError("--out: several runs need a file to draw into (one run draws RUN/curves.png)")
+    check_writable(out, "--out")
+    print(plots.plot_runs(all_runs, out, color_by=args.color_by, title=args.title or ""))
+    return 0
+
+
+# --- nin lr-find --------------------------------------------------------------------------------
+def analyse_range_test(result: dict, beta: float = 0.9) -> dict:
+    """Smoothed losses (bias-corrected moving average), the rate of the minimum, the steepest descent
+    (most negative slope against log lr, before the minimum) and the rate where the loss takes off."""
+    lrs, losses = result["lrs"], result["losses"]
+    smooth, avg = [], 0.0
+    for i, loss in enumerate(losses, 1):
+        avg = beta * avg + (1 - beta) * loss
+        smooth.append(avg / (1 - beta ** i))
+    finite = [i for i, v in enumerate(smooth) if math.isfinite(v)]
+    out = {**result, "smoothed": smooth, "min_lr": None, "steepest_lr": None, "blowup_lr": None}
+    if not finite:
+        return out
+    best = min(finite, key=lambda i: smooth[i])
+    out["min_lr"], out["min_loss"] = lrs[best], smooth[best]
+    slopes = [(smooth[i + 1] - smooth[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+              for i in range(1, best)]
+    if slopes:
+        steepest = 1 + min(range(len(slopes)), key=lambda i: slopes[i])
+        out["steepest_lr"] = lrs[steepest]
+    start = smooth[finite[0]]
+    out["blowup_lr"] = next((lrs[i] for i in range(best, len(smooth))
+                             if not math.isfinite(smooth[i]) or smooth[i] > max(start, 4 * smooth[best])), None)
+    uniform = [abs(v - math.log(10)) < 1e-5 for v in losses]
+    streak = next((i for i in range(len(uniform)) if all(uniform[i:]) and len(uniform) - i >= 30), None)
+    out["dies_at_step"] = None if streak is None else streak + 1
+    out["leaves_plateau_at_step"] = next((i + 1 for i, v in enumerate(smooth) if v < math.log(10) - 0.1), None)
+    return out
+
+
+@_one_line
+def cmd_lr_find(args) -> int:
+    from tqdm import tqdm
+
+    from . import plots
+
+    out = Path(args.out)
+    check_writable(out / "lr_find.md", "--out")
+    if not 0 < args.min_lr <= args.max_lr:
+        raise SettingsError(f"--min-lr {args.min_lr:g} and --max-lr {args.max_lr:g}: expected 0 < min <= max")
+    variants = args.variant_list or [args.variant or "d2l"]
+    ranges = [(r, r) for r in args.rates] if args.rates else [(args.min_lr, args.max_lr)]
+    seeds = args.seed_list or [args.seed or 0]
+    results, failed = [], []
+    plan = [(b, v, r, seed) for r in ranges for v in variants for seed in seeds for b in args.backend]
+    for backend, variant, (low, high), seed in tqdm(plan, desc="lr-find", unit="test", file=sys.stderr,
+                                                     disable=len(plan) == 1):
+        s = _settings(args, backend, variant=variant, seed=seed)
+        name = f"{backend}-{Path(variant).stem}" + (f"-lr{low:g}" if args.rates else "") + \
+            (f"-seed{seed}" if args.seed_list else "")
+        run_dir = out / name
+        if (run_dir / "lr_find.json").exists() and args.keep:
+            results.append(analyse_range_test(json.loads((run_dir / "lr_find.json").read_text())))
+            continue
+        code, result = run_worker("lr-find", s, run_dir, quiet=args.quiet, timeout=args.timeout, extra=[
+            "--min-lr", repr(low), "--max-lr", repr(high), "--steps", str(args.steps)])
+        if code != 0:
+            failed.append(f"{name}: {result.get('reason', f'exit status {code}')}")
+            continue
+        results.append(analyse_range_test(json.loads((run_dir / "lr_find.json").read_text())))
+    if not results:
+        for f in failed:
+            print(f"nin lr-find: {f}", file=sys.stderr)
+        return 1
+    if args.rates:  # the plateau probe: one rate held per run
+        header = ["backend", "variant", "optimizer", "batch", "lr", "seed", "steps", "below ln10-0.1 at step",
+                  "dead from step", "final loss (smoothed)", "stopped"]
+        rows = [[r["backend"], Path(r["variant"]).stem, _optimizer(r["settings"]), r["settings"]["batch_size"],
+                 _g(r["lrs"][0]), r["settings"]["seed"], len(r["losses"]), r["leaves_plateau_at_step"] or "-",
+                 r["dies_at_step"] or "-", f"{r['smoothed'][-1]:.4f}", r["stopped"]] for r in results]
+    else:
+        header = ["backend", "variant", "optimizer", "batch", "steps", "steepest lr", "min loss", "at lr",
+                  "takes off at", "below ln10-0.1 at step", "dead from step", "stopped"]
+        rows = [[r["backend"], Path(r["variant"]).stem, _optimizer(r["settings"]), r["settings"]["batch_size"],
+                 len(r["losses"]), _g(r["steepest_lr"]), _g(r.get("min_loss")), _g(r["min_lr"]), _g(r["blowup_lr"]),
+                 r["leaves_plateau_at_step"] or "-", r["dies_at_step"] or "-", r["stopped"]] for r in results]
+    png = plots.plot_lr_find(results, out / "lr_find.png", title=args.title or "LR range test")
+    s0 = results[0]["settings"]
+    md = [f"# {args.title or 'LR range test'}", "", *tables.markdown(header, rows), "",
+          f"![lr-find]({png.name})", "",
+          (f"Up to {args.steps} steps at each rate held constant (the plateau probe)" if args.rates else
+           f"{args.steps} steps from lr {args.min_lr:g} to {args.max_lr:g} (geometric)" if args.min_lr < args.max_lr
+           else f"{args.steps} steps at lr {args.min_lr:g}")
+          + ", one batch each; stopped when the smoothed loss exceeds 4x its minimum or when 30 batches in a row "
+          "have loss ln 10 (to 1e-5: the network predicts uniformly; with the chapter's final ReLU it is dead). "
+          "Settings: " + ", ".join(f"`{k}={v}`" for k, v in s0.items()
+                                                                if k not in ("backend", "variant")) + ".",
+          "", f"Device: {results[0]['device']} ({results[0]['device_name']}); versions: "
+          + "; ".join(f"{r['backend']}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v != "None")
+                      for r in {r["backend"]: r for r in results}.values()) + ".",
+          "", "Command:", "", "```", _command_line(), "```", ""]
+    atomic_write_text(out / "lr_find.md", "\n".join(md))
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k not in ("losses", "lrs", "smoothed")} for r in results],
+                         indent=2))
+    else:
+        print("\n".join(tables.text(header, rows)))
+        print(f"wrote {out / 'lr_find.md'} and {png}")
+    for f in failed:
+        print(f"nin lr-find: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _optimizer(s: dict) -> str:
+    return f"momentum {s['momentum']:g}" if s["optimizer"] == "momentum" else "sgd"
+
+
+def _g(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+# --- the parser ---------------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _recipe_args(p, *, many: bool) -> None:
+    names = sorted(backends.BACKENDS)
+    if many:
+        p.add_argument("--backend", nargs="+", required=True, choices=names, metavar="NAME",
+                       help=f"backends ({', '.join(names)})")
+        p.add_argument("--variant", type=_variant_arg, help="one network (default d2l)")
+        p.add_argument("--variant-list", nargs="+", type=_variant_arg, metavar="VARIANT",
+                       help="several networks, each with the same recipe and seeds")
+    else:
+        p.add_argument("--backend", required=True, choices=names, metavar="NAME", help=", ".join(names))
+        p.add_argument("--variant", type=_variant_arg,
+                       help=f"a named network ({', '.join(specs.VARIANTS)}) or a .json spec (default d2l)")
+    g = p.add_argument_group("recipe (every flag overrides the --recipe's value)")
+    g.add_argument("--recipe", default="tuned", choices=sorted(recipes.RECIPES),
+                   help="chapter: SGD lr 0.1, 5 epochs; book: SGD lr 0.05, 10 epochs; tuned (default): "
+                        + ", ".join(f"{k} {v}" for k, v in recipes.RECIPES["tuned"].items()))
+    g.add_argument("--optimizer", choices=recipes.OPTIMIZERS, help="sgd or momentum (heavy ball, --momentum)")
+    g.add_argument("--lr", type=float, help="the peak learning rate")
+    g.add_argument("--momentum", type=float, help="momentum of --optimizer momentum (default 0.9)")
+    g.add_argument("--schedule", choices=recipes.SCHEDULES, help="after the warm-up: constant, cosine or linear to 0")
+    g.add_argument("--warmup", type=float, help="epochs of linear warm-up from 0 to --lr")
+    g.add_argument("--weight-decay", type=float, help="coupled L2 (g += wd * w)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=int)
+    d = p.add_argument_group("data and device")
+    d.add_argument("--resize", type=int, help="input size, 28 -> N bilinear on the device (default 224)")
+    d.add_argument("--train-limit", type=int, help="train on the first N training images (default all 60,000)")
+    d.add_argument("--test-limit", type=int, help="test on the first N test images (default all 10,000)")
+    if not many:
+        d.add_argument("--seed", type=int, help="canonical init, data order and dropout (default 0)")
+    d.add_argument("--device", choices=recipes.DEVICES, help="cpu (default) or gpu")
+    d.add_argument("--precision", choices=recipes.PRECISIONS,
+                   help="fp32 (default: no TF32, deterministic kernels) or fast (TF32, autotuning)")
+    d.add_argument("--compile", choices=recipes.COMPILES,
+                   help="compiled (default: torch.compile, hybridize, jit_compile, jax.jit) or eager")
+    d.add_argument("--max-loss", type=float, help="a batch loss above this stops the run as diverged (default 100)")
+    d.add_argument("--eval-every", type=int, help="test every N epochs and after the last (default 1)")
+    p.add_argument("--timeout", type=_positive_float, help="seconds allowed per run")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+
+
+def _defaults_from_settings(p) -> None:
+    """Settings' own defaults fill what the flags and the recipe leave open."""
+    defaults = Settings.__dataclass_fields__
+    p.set_defaults(**{k: None for k in defaults if k not in ("backend", "recipe")})
 
 
 def add_commands(sub) -> None:
     """Add this driver's subcommands to the `nin` parser's subparsers (nin/cli.py calls it)."""
+    t = sub.add_parser("train", help="train one backend on Fashion-MNIST: metrics, checkpoints, --resume")
+    _recipe_args(t, many=False)
+    _defaults_from_settings(t)
+    t.add_argument("--out", metavar="DIR", help="the run directory (default runs/<backend>-<variant>-seed<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    w = sub.add_parser("sweep", help="train backends x variants x seeds with one recipe (resumable), then report")
+    _recipe_args(w, many=True)
+    _defaults_from_settings(w)
+    w.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    w.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="these seeds instead")
+    w.add_argument("--out", required=True, metavar="DIR", help="DIR/<variant>/<backend>/seed<k>, report.md, curves.png")
+    w.add_argument("--margin", type=_positive_float, default=0.5,
+                   help="equivalence margin in percentage points of test accuracy (default 0.5)")
+    w.add_argument("--title", help="the report's title")
+    w.add_argument("--retry-diverged", action="store_true", help="run diverged runs again (they are deterministic)")
+    w.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="summary and backend agreement (TOST) of training runs")
+    r.add_argument("runs", nargs="+", help="run directories, or folders holding them")
+    r.add_argument("--margin", type=_positive_float, default=0.5, help="equivalence margin in pp (default 0.5)")
+    r.add_argument("--out", metavar="DIR", help="also write DIR/report.md, report.json and curves.png")
+    r.add_argument("--color-by", choices=("backend", "variant"), default="backend")
+    r.add_argument("--title")
+    r.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    r.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plot", help="training curves of runs overlaid, one colour per backend (a PNG)")
+    pl.add_argument("runs", nargs="+", help="run directories, or folders holding them")
+    pl.add_argument("--out", metavar="FILE", help="the PNG (default RUN/curves.png for one run)")
+    pl.add_argument("--color-by", choices=("backend", "variant"), default="backend")
+    pl.add_argument("--title")
+    pl.set_defaults(func=cmd_plot)
+
+    f = sub.add_parser("lr-find", help="learning-rate range test (exercise 1), plotted")
+    _recipe_args(f, many=True)
+    _defaults_from_settings(f)
+    f.add_argument("--seed", type=int, help="canonical init and data order (default 0)")
+    f.add_argument("--min-lr", type=_positive_float, default=1e-4)
+    f.add_argument("--max-lr", type=_positive_float, default=10.0)
+    f.add_argument("--steps", type=int, default=100, help="one step per rate (default 100)")
+    f.add_argument("--rates", type=_positive_float, nargs="+", metavar="LR",
+                   help="instead of the range test, hold each of these rates for --steps steps (the plateau probe)")
+    f.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="repeat for each of these seeds")
+    f.add_argument("--keep", action="store_true", help="reuse results already in --out instead of running again")
+    f.add_argument("--out", required=True, metavar="DIR", help="DIR/<backend>-<variant>/lr_find.json, DIR/lr_find.png")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--title")
+    f.set_defaults(func=cmd_lr_find)
