@@ -1,7 +1,8 @@
 # The two commands of the README, and what they need. Every target is idempotent: an environment is
 # (re)built only when its requirements file changes.
 #   make conformance   the main job: summaries of every variant, then the conformance matrix of every
-#                      backend (fp32 eager and compiled, fp64), written to records/matrix.md and .json
+#                      backend (fp32 and fp64, eager for every variant, compiled for paper: compiling
+#                      is slow on a CPU), written to records/matrix.md and .json
 #   make test          ruff, then the test suite, each backend in its own environment
 # Fashion-MNIST is found the same way by every command (common/data.py): $NIN_DATA_DIR, a copy beside
 # the checkout (../shared/data/fashion-mnist), or ~/.cache/nin/fashion-mnist, where it is downloaded.
@@ -32,7 +33,7 @@ $(MXVENV)/.installed: requirements/mxnet.txt pyproject.toml
 conformance: setup
 	@for v in d2l paper d2l-single-1x1 d2l-gradual d2l-linear-head d2l-bn; do \
 		$(NIN) summary --variant $$v || exit 1; echo; done
-	$(NIN) conformance --report records/matrix.md --json-out records/matrix.json
+	$(NIN) conformance --compile-variants paper --report records/matrix.md --json-out records/matrix.json
 
 # Each Keras backend is a process of its own (KERAS_BACKEND is read once, when Keras starts); the MXNet
 # environment (numpy 1.23) runs common's tests again and MXNet's. NIN_REQUIRE turns a missing

@@ -66,17 +66,15 @@ def same(*cuts: Cut) -> dict[str, tuple[Cut, ...]]:
     return {package: cuts for package in PACKAGES}
 
 
-# The training loop: for now one step of the contract's train.py. nin_*/loop.py (the epoch loops, mirrored
-# in all four) is being written; once it has landed, this one line becomes
-#     LOOP = Cut("loop.py", ("make_trainer", "train_epoch"))
-# (their private helpers come along), then the page is regenerated and the loop topic's notes re-read.
-LOOP = Cut("train.py", ("train_step",))
+# The training loop of `nin train`: building the trainer and one epoch (their private helpers come along).
+LOOP = Cut("loop.py", ("make_trainer", "train_epoch"))
 
 T = "tests/test_backends.py::"
 C = "tests/test_common.py::"
 K = "tests/test_conformance.py::"
 B = "tests/test_bench.py::"
 M = "tests/test_mirror.py::"
+L = "tests/test_training.py::"
 
 TOPICS: tuple[Topic, ...] = (
     Topic(
@@ -276,21 +274,23 @@ TOPICS: tuple[Topic, ...] = (
     ),
     Topic(
         "loop", "The training loop",
-        "One step: the batch onto the device, training mode, forward, loss, gradients, update; each "
-        "framework records gradients its own way.",
+        "`nin train`'s epoch, in each framework's own loop: the batches in the driver's order onto the "
+        "device, the resize on the device, forward, loss, gradients, the update at the driver's rate.",
         same(LOOP),
         (
-            Note("Gradients come from recording (Gluon's `autograd.record()`), from tensors that keep them "
-                 "(PyTorch, hence `zero_grad` first), from transforming the loss function "
-                 "(`nnx.value_and_grad`), or from inside Keras's `train_on_batch`, which uses its backend's way.",
-                 checks=("gradients", "trajectory")),
-            Note("Each step sets training mode itself (`model.train()`, `autograd.record()`, `train_on_batch`), "
-                 "so a step after an evaluation still drops out and uses batch statistics.",
-                 evidence=(T + "test_dropout_acts_in_training_only",), checks=("trajectory", "running_statistics")),
-            Note("Keras trains a compiled model: `model.compile(optimizer, loss)` comes before `train_on_batch`, "
-                 "and since each compile drops the traced steps, `_compile` recompiles only when the optimizer "
-                 "changes.",
-                 checks=("trajectory", "momentum_trajectory")),
+            Note("Each loop is the one its framework teaches: Gluon's `autograd.record()` then "
+                 "`trainer.step(batch_size)`; PyTorch's `zero_grad`, `backward`, `step`; Keras's `model.fit` for "
+                 "one epoch with a callback for the progress; Flax NNX's step under `nnx.jit` with "
+                 "`nnx.value_and_grad` and `optimizer.update`; with dropout off, the four agree to float32 noise.",
+                 evidence=(L + "test_every_backend_trains_the_same_recipe_alike",), checks=("trajectory",)),
+            Note("One learning-rate table, computed once by the driver, reaches each optimizer its own way: "
+                 "PyTorch's param groups, Gluon's `set_learning_rate`, a Keras `LearningRateSchedule` reading the "
+                 "optimizer's iteration count, an optax schedule indexing the table with optax's step count.",
+                 evidence=(L + "test_lr_table_warms_up_then_follows_the_schedule",)),
+            Note("The optimizer state is each framework's own (momentum buffers, Keras's optimizer variables, the "
+                 "optax state) and travels in the checkpoint with the weights, so a run killed mid-epoch resumes "
+                 "to the same bits.",
+                 evidence=(L + "test_a_run_killed_mid_epoch_resumes_bitwise",)),
         ),
     ),
     Topic(

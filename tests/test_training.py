@@ -149,6 +149,7 @@ def test_damaged_metrics_are_one_line_errors(tmp_path, capsys, edit, message):
     assert message in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.main_env  # the report is the driver's (SciPy's t distribution): it runs in the main environment
 def test_tost_agrees_within_the_margin_and_not_beyond():
     a = {s: 80.0 + d for s, d in enumerate([0.1, -0.2, 0.3, 0.0, -0.1])}
     b = {s: 80.0 + d for s, d in enumerate([0.0, -0.1, 0.2, 0.1, -0.2])}
