@@ -8,6 +8,7 @@ leaves to the backend: they are set through the environment variables the librar
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -87,6 +88,14 @@ def _batch(model: keras.Model, images: np.ndarray, labels: np.ndarray):
     return to_input(model, images), np.asarray(labels, dtype=np.int32)
 
 
+def _placed(model: keras.Model):
+    """Run under the model's device, as build placed it: no scope when that is the default, because
+    on Keras's PyTorch backend a scope names the CPU "cpu:0" where its variables say "cpu", and
+    torch.compile (jit_compile=True) refuses to mix the two in the optimizer's update."""
+    where = device_of(model)
+    return contextlib.nullcontext() if where == default_device() else keras.device(where)
+
+
 _captures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -95,7 +104,7 @@ def loss_and_grads(model: keras.Model, images: np.ndarray, labels: np.ndarray) -
     capture = _captures.setdefault(model, GradientCapture())
     _compile(model, capture)
     x, y = _batch(model, images, labels)
-    with keras.device(device_of(model)):
+    with _placed(model):
         loss = model.train_on_batch(x, y)
     grads = {k: to_canonical(k, capture.gradient_of(v)) for k, v in canonical_tensors(model).items() if v.trainable}
     return float(loss), grads
@@ -105,7 +114,7 @@ def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, images
                labels: np.ndarray) -> float:
     _compile(model, optimizer)
     x, y = _batch(model, images, labels)
-    with keras.device(device_of(model)):
+    with _placed(model):
         return float(model.train_on_batch(x, y))
 
 
