@@ -42,7 +42,7 @@ def pytest_generate_tests(metafunc):
     opts = metafunc.config.option
     if "backend" in metafunc.fixturenames and "mutant" in metafunc.fixturenames:
         # tests/test_mutations.py: each backend with the planted bugs of its own catalogue entry
-        from conformance.mutations import for_backend
+        from mutations import for_backend  # tests/mutations.py: planted bugs import frameworks
         pairs = [(b, m) for b in _csv(opts.backends) for m in for_backend(b)]
         metafunc.parametrize(("backend", "mutant"), pairs, ids=[f"{b}-{m}" for b, m in pairs], scope="module")
     elif "backend" in metafunc.fixturenames:

@@ -1,20 +1,20 @@
-"""Planted bugs: every mutant of conformance.mutations is caught by the conformance checks. Ids read
+"""Planted bugs: every mutant of tests/mutations.py is caught by the conformance checks. Ids read
 [backend-mutant-device].
 
 Each test applies one mutant to the backend's loaded modules with monkeypatch (undone after the
 test), computes every case of the matrix on the reduced case (mutations.PROBE, mutations.CASES) with
 conformance.record.compute_variant, judges it with the matrix's own functions, and asserts that the
 checks the catalogue names fail. The unmutated backend must pass the same case first (the control:
-without it, a failing mutant would prove nothing). `python -m conformance.mutations` writes the
+without it, a failing mutant would prove nothing). `python -m tests.mutations` writes the
 same runs, in fp32 and fp64, as docs/mutations.md.
 """
 
+import mutations
 import numpy as np
 import pytest
+from mutations import CATALOGUE, CONVERSION, MODEL, TRAINING
 
 from common import backends
-from conformance import mutations
-from conformance.mutations import CATALOGUE, CONVERSION, MODEL, TRAINING
 
 _controls: dict = {}
 
