@@ -86,14 +86,17 @@ def dropout_probe(rate: float) -> NetSpec:
     return NetSpec(f"dropout-probe-{rate:g}", (units, 1, 1), units, (Dropout(rate), GlobalAvgPool(), Flatten()))
 
 
+HYPERPARAMETERS = ("exact", "float32")  # how a backend's kernels may take the hyperparameters (as_kernels_see)
+
+
 def as_kernels_see(spec, cases: Cases, hyperparameters: str) -> tuple[NetSpec, Cases]:
     """The spec and cases with the hyperparameters a backend's kernels really use: "exact", or
     "float32" (MXNet's SGD and BatchNorm take lr, momentum, weight decay and the running-statistics
     momentum as 32-bit floats; in float64 mode the difference is a million times the bound)."""
     if hyperparameters == "exact":
         return spec, cases
-    if hyperparameters != "float32":
-        raise ValueError(f"hyperparameters must be 'exact' or 'float32', got {hyperparameters!r}")
+    if hyperparameters not in HYPERPARAMETERS:
+        raise ValueError(f"hyperparameters must be one of {HYPERPARAMETERS}, got {hyperparameters!r}")
     f32 = lambda v: float(np.float32(v))  # noqa: E731
     cases = dataclasses.replace(cases, lr=f32(cases.lr), momentum=f32(cases.momentum),
                                 weight_decay=f32(cases.weight_decay))

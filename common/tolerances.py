@@ -78,7 +78,7 @@ def judge(kind: str, got, reference, bounds: np.ndarray) -> Verdict:
     ref = np.asarray(reference, dtype=np.float64)
     if got.shape != ref.shape:
         return Verdict(float("inf"), float("inf"), f"shape {got.shape}, expected {ref.shape}")
-    g = got.astype(np.float64)
+    g = np.asarray(got, dtype=np.float64)  # no copy when it is float64 already
     if not np.all(np.isfinite(g)):
         return Verdict(float("inf"), float("inf"), f"{int(np.sum(~np.isfinite(g)))} NaN or infinite value(s)")
     if g.size == 0:

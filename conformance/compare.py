@@ -172,7 +172,7 @@ class _References:
         self.seen: dict[tuple, dict] = {}
 
     def seen_by(self, rec: Record) -> dict:
-        key = (rec.meta["hyperparameters"], rec.meta["running_variance"])
+        key = _kind(rec)
         if key not in self.seen:
             self.seen[key] = reference_as_seen(self.spec, self.cases, self.init, hyperparameters=key[0],
                                                running_variance=key[1], data_dir=self.data_dir,
@@ -193,6 +193,18 @@ def labels(recs: list[Record]) -> dict[int, str]:
     out = {i: t if counts[t] == 1 else f"{t} ({recs[i].path.name})" for i, t in base.items()}
     counts = {t: list(out.values()).count(t) for t in out.values()}
     return {i: t if counts[t] == 1 else f"{base[i]} ({recs[i].path})" for i, t in out.items()}
+
+
+def _kind(rec: Record) -> tuple[str, str]:
+    """What decides how a record's kernels see the reference (see reference_as_seen)."""
+    return rec.meta["hyperparameters"], rec.meta["running_variance"]
+
+
+def _variant_values(rec: Record, variant: str, init: dict) -> dict[str, np.ndarray]:
+    """One variant's tensors of a record, keys without the variant, final weights as updates, in float64."""
+    prefix = variant + "/"
+    own = {k[len(prefix):]: v for k, v in rec.tensors.items() if k.startswith(prefix)}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in as_updates(own, init).items()}
 
 
 def _digest(path: Path) -> str:
@@ -266,7 +278,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
         for prec in {p for p, _ in held.values()}:
             spread = errormodel.spreads(spec, cases, prec, data_dir, progress=progress)
             bounds[prec] = bounds_for(ref_updates, spread, prec)
-        same_net = []
+        same_net, values = [], {}
         for i in holders:
             rec = recs[i]
             if rec.specs[variant] != spec:
@@ -275,31 +287,31 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                 continue
             same_net.append(i)
             out.rows += check_structure(rec, variant, names[i])
-            values = as_updates({k[len(variant) + 1:]: v for k, v in rec.tensors.items()
-                                 if k.startswith(variant + "/")}, init)
+            values[i] = _variant_values(rec, variant, init)  # once per record: every pair below reads it
             prec, why = held[i]
-            rows = check_values(variant, names[i], "reference", values=values, reference=reference_for(rec),
+            rows = check_values(variant, names[i], "reference", values=values[i], reference=reference_for(rec),
                                 bounds=for_convention(bounds[prec], rec.meta["running_variance"]),
                                 precision=rec.precision)
             for row in rows:
                 row.path = str(rec.path)
                 row.detail = "; ".join(filter(None, [row.detail, why]))
             out.rows += rows
+        apart: dict[tuple, dict] = {}  # how far two kinds of record's references are apart, per key
         for a_pos, a in enumerate(same_net):
             for b in same_net[a_pos + 1:]:
-                va = as_updates({k[len(variant) + 1:]: v for k, v in recs[a].tensors.items()
-                                 if k.startswith(variant + "/")}, init)
-                vb = as_updates({k[len(variant) + 1:]: v for k, v in recs[b].tensors.items()
-                                 if k.startswith(variant + "/")}, init)
+                va, vb = values[a], values[b]
                 same = recs[a].meta["running_variance"] == recs[b].meta["running_variance"]
                 keys = [k for k in vb if errormodel.kind_of(k) != "dropout"
                         and (same or not k.endswith(".running_var"))]  # other conventions: reference only
                 # each record within its bound of its own reference; the references differ where the
                 # kernels see other hyperparameters (MXNet's float32 lr): that difference is added
-                ra, rb = reference_for(recs[a]), reference_for(recs[b])
-                pair = {k: bounds[held[a][0]][k] + bounds[held[b][0]][k]
-                        + (np.abs(ra[k] - rb[k]).reshape(-1) if errormodel.measure(errormodel.kind_of(k)) == "max"
-                           else np.linalg.norm(ra[k] - rb[k])) for k in keys}
+                kinds = tuple(sorted((_kind(recs[a]), _kind(recs[b]))))
+                if kinds not in apart:
+                    ra, rb = reference_for(recs[a]), reference_for(recs[b])
+                    apart[kinds] = {k: (np.abs(ra[k] - rb[k]).reshape(-1)
+                                        if errormodel.measure(errormodel.kind_of(k)) == "max"
+                                        else np.linalg.norm(ra[k] - rb[k])) for k in ra if k in rb}
+                pair = {k: bounds[held[a][0]][k] + bounds[held[b][0]][k] + apart[kinds][k] for k in keys}
                 rows = check_values(variant, names[a], names[b], values=va, reference={k: vb[k] for k in keys},
                                     bounds=pair)
                 identical = all(np.array_equal(va[k], vb[k]) for k in keys)

@@ -219,8 +219,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_conformance(args) -> int:
-    from tqdm import tqdm
-
     variants = _variants(args)
     names = {specs.get(v).name: v for v in variants}
     names.update({v: v for v in variants})
@@ -237,26 +235,33 @@ def cmd_conformance(args) -> int:
     check_writable(outdir / record_name("probe", device=args.device, precision="fp32", compile="eager"), "--out-dir")
     plan = [(b, p, c) for b in (args.backend or list(backends.BACKENDS)) for p in args.precision for c in args.compile
             if c in backends.get(b).compile_modes]
-    made, skipped, failed = [], [], []
-    bar = tqdm(plan, desc="recording", unit="record", disable=args.json, file=sys.stderr, dynamic_ncols=True)
-    for name, precision, compile in bar:
-        bar.set_postfix_str(f"{name} {precision} {compile}")
-        out = outdir / record_name(name, device=args.device, precision=precision, compile=compile)
+    jobs = []
+    for name, precision, compile in plan:
         chosen = variants if compile == "eager" or compiled is None else [v for v in variants if v in compiled]
-        if not chosen:
-            continue
-        t = time.time()
-        r = run_record(name, chosen, device=args.device, precision=precision, compile=compile, out=out, quiet=True,
-                       timeout=args.timeout)
+        if chosen:
+            jobs.append((name, precision, compile, chosen,
+                         outdir / record_name(name, device=args.device, precision=precision, compile=compile)))
+    # The longest first, so that the workers finish together: how long each took last time on this
+    # machine, else a guess (a compiled record about twice its eager one, float64 1.3 times float32).
+    # The matrix lists the records in the registry's order whatever order they were made in.
+    took = _record_seconds()
+    cost = {i: took.get(_job_key(job), len(job[3]) * 60.0 * (2.0 if job[2] == "compiled" else 1.0)
+                        * (1.3 if job[1] == "fp64" else 1.0)) for i, job in enumerate(jobs)}
+    order = sorted(range(len(jobs)), key=lambda i: -cost[i])
+    references = None if args.no_cache else _ReferencesAhead([specs.get(v) for v in variants])  # meanwhile
+    results = _record_all([jobs[i] for i in order], args, workers=args.jobs)
+    results = {order[k]: r for k, r in results.items()}
+    made, skipped, failed = [], [], []
+    for i, (name, precision, compile, _chosen, out) in enumerate(jobs):
+        r = results[i]
         if r.returncode == 3:
             skipped.append(f"{name}: {_last_line(r.stderr)}")
         elif r.returncode != 0:  # recorded, and the sweep goes on; the exit status says so
             failed.append(f"{name} {precision} {compile}: {_worker_failure(r)}")
         else:
             made.append(out)
-            if not args.json:
-                tqdm.write(f"  {name} {precision} {compile}: {len(chosen)} variant(s) in {time.time() - t:.0f} s "
-                           f"-> {out}", file=sys.stderr)
+    if references:
+        references.join()
     for s in skipped:
         print(f"skipped {s}", file=sys.stderr)
     for f in failed:
@@ -267,6 +272,100 @@ def cmd_conformance(args) -> int:
     args.records = [str(p) for p in made]
     status = cmd_compare(args)
     return 1 if failed else status
+
+
+def _record_all(jobs: list[tuple], args, *, workers: int) -> dict[int, subprocess.CompletedProcess]:
+    """Run the record jobs, `workers` at a time (each in its backend's own process), with one
+    progress bar; each one's result by its index in `jobs`. An interruption stops every worker
+    (processes.stop_all: each removes its temporary file) and is raised again."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    def one(i: int):
+        name, precision, compile, chosen, out = jobs[i]
+        t = time.time()
+        r = run_record(name, chosen, device=args.device, precision=precision, compile=compile, out=out, quiet=True,
+                       timeout=args.timeout)
+        return i, r, time.time() - t
+
+    results, seconds_of = {}, {}
+    bar = tqdm(total=len(jobs), desc="recording", unit="record", disable=args.json, file=sys.stderr,
+               dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for future in as_completed([pool.submit(one, i) for i in range(len(jobs))]):
+            i, r, seconds = future.result()
+            results[i] = r
+            name, precision, compile, chosen, out = jobs[i]
+            if r.returncode == 0:
+                seconds_of[_job_key(jobs[i])] = seconds
+            if r.returncode == 0 and not args.json:
+                tqdm.write(f"  {name} {precision} {compile}: {len(chosen)} variant(s) in {seconds:.0f} s -> {out}",
+                           file=sys.stderr)
+            bar.update()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        processes.stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
+    _record_seconds(seconds_of)
+    return results
+
+
+def _job_key(job: tuple) -> str:
+    name, precision, compile, chosen, _ = job
+    return f"{name} {precision} {compile} {' '.join(chosen)}"
+
+
+def _record_seconds(update: dict[str, float] | None = None) -> dict[str, float]:
+    """How long each kind of record took when last made here (the suite's cache folder): the order
+    of the next sweep. A missing or damaged file is no history."""
+    from common.cases import cache_dir
+
+    path = cache_dir() / "record-seconds.json"
+    try:
+        known = json.loads(path.read_text())
+        known = {k: float(v) for k, v in known.items()} if isinstance(known, dict) else {}
+    except (OSError, ValueError, TypeError):
+        known = {}
+    if update:
+        known.update(update)
+        try:
+            atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+        except OSError:  # a read-only cache: the next sweep guesses again
+            pass
+    return known
+
+
+class _ReferencesAhead:
+    """The float64 reference of each variant (as every kind of kernel sees it), computed in a thread
+    while the backends record, so that the comparison finds them cached (common.cases: on disk).
+    Best effort: whatever fails here is computed again, and reported, by the comparison."""
+
+    def __init__(self, specs_: list):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(specs_,), daemon=True)  # Ctrl-C does not wait
+        self._thread.start()
+
+    def _run(self, specs_: list) -> None:
+        from common.cases import HYPERPARAMETERS, Cases, as_kernels_see, reference_results
+
+        for spec in specs_:
+            for kind in HYPERPARAMETERS:
+                if self._stop.is_set():
+                    return
+                try:
+                    reference_results(*as_kernels_see(spec, Cases(), kind))
+                except Exception:  # noqa: BLE001 - the comparison computes it again and says what is wrong
+                    return
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 # --- error model -----------------------------------------------------------------------------
@@ -370,6 +469,8 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("conformance", help="record every installed backend and compare (the main job)")
     _record_args(k, True)
     k.add_argument("--out-dir", default="records", help="where the records go (default records/)")
+    k.add_argument("--jobs", type=_count(1, 64), default=min(4, os.cpu_count() or 1),
+                   help="records made at once, each in its own process (default: the CPUs, at most 4)")
     _matrix_args(k)
     k.set_defaults(func=cmd_conformance)
 

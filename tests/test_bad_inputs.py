@@ -913,6 +913,67 @@ def test_conformance_goes_on_after_a_backend_fails(good, tmp_path, monkeypatch):
     assert "0 failed" in r.out and (tmp_path / "m.md").is_file()  # the rest was compared and written
 
 
+
+def test_conformance_records_in_parallel_and_lists_them_in_registry_order(good, tmp_path, monkeypatch):
+    """--jobs 2: two workers at once, never more; the matrix lists the records in the registry's
+    order, whichever finished first; each record's time is kept for the next sweep's order."""
+    import threading
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def fake_record(backend, variants, *, out, precision, compile, **kw):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3 if backend == "mxnet" else 0.1)  # the first in the registry ends last
+        shutil.copy(good, out)
+        with lock:
+            running[0] -= 1
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(cli, "run_record", fake_record)
+    compared = []
+    monkeypatch.setattr(cli, "cmd_compare", lambda args: compared.extend(args.records) or 0)
+    r = nin("conformance", "--backend", "mxnet", "torch", "jax", "--variant", "paper", "--precision", "fp32",
+            "--compile", "eager", "--jobs", "2", "--out-dir", tmp_path / "records")
+    assert r.code == 0 and most[0] == 2, (r, most)
+    assert [Path(m).name for m in compared] == [cli.record_name(b, device="cpu", precision="fp32", compile="eager")
+                                                for b in ("mxnet", "torch", "jax")], compared
+    took = json.loads((Path(os.environ["NIN_CACHE_DIR"]) / "record-seconds.json").read_text())
+    assert took["mxnet fp32 eager paper"] >= 0.3, took
+
+
+def test_stop_all_stops_the_workers_of_every_thread():
+    """An interrupted parallel sweep: the interruption reaches the main thread only, which stops
+    every worker the other threads are waiting for (processes.stop_all); their `run` calls return."""
+    import threading
+
+    results = []
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
+    threads = [threading.Thread(target=lambda: results.append(processes.run(cmd, env=dict(os.environ))))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 30
+    while len(processes._LIVE) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    processes.stop_all(grace=5)
+    for t in threads:
+        t.join(10)
+    assert len(results) == 2 and all(r.returncode == -signal.SIGTERM for r in results), results
+    assert time.time() - t0 < 10 and not processes._LIVE
+
+
+def test_workers_share_xla_s_compilation_cache_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    env = processes.environment_for("jax")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "xla")
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert processes.environment_for("keras-jax")["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+
 def _bench_args(tmp_path):
     return ["bench", "--backend", "torch", "mxnet", "--variant", "paper", "--mode", "infer", "--batch-size", "2",
             "--compile", "eager", "--device", "cpu", "--warmup", "0", "--windows", "1", "--steps", "1",
