@@ -49,6 +49,7 @@ from common.fsio import atomic_write_text, check_writable
 from common.records import Record
 from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 from common.tolerances import CHECKS
+from conformance import compare
 from conformance.compare import Check, as_updates, bounds_for, check_structure, check_values, for_convention
 from conformance.record import compute_variant
 from harness import processes
@@ -129,10 +130,13 @@ def judge(model_mod, train_mod, *, precision: str = "fp32", device: str = "cpu",
     spec, cases = PROBE, CASES
     values, info = compute_variant(model_mod, train_mod, spec, cases=cases, batches=_batches(data_dir),
                                    device=device, precision=precision, compile="eager")
-    record = Record(Path("-"), {"variants": {spec.name: info}}, {}, cases, {spec.name: spec})
+    limits = train_mod.float64_limits() if precision == "fp64" else {}
+    record = Record(Path("-"), {"variants": {spec.name: info}, "precision": precision, "float64_limits": limits},
+                    {}, cases, {spec.name: spec})
+    held, _ = compare.bound_precision(record, spec)  # as the matrix holds it: Keras on JAX/PyTorch fp64 to fp32 bounds
     init = weights.init(spec, cases.init_seed)
     ref = as_updates(reference_results(spec, cases, data_dir), init)
-    bounds = bounds_for(ref, errormodel.spreads(spec, cases, precision, data_dir), precision)
+    bounds = bounds_for(ref, errormodel.spreads(spec, cases, held, data_dir), held)
     seen = as_updates(reference_results(*as_kernels_see(spec, cases, model_mod.HYPERPARAMETERS), data_dir), init)
     convention = model_mod.RUNNING_VARIANCE
     return check_structure(record, spec.name, label) + check_values(
