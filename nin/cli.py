@@ -248,7 +248,7 @@ def cmd_conformance(args) -> int:
     cost = {i: took.get(_job_key(job), len(job[3]) * 60.0 * (2.0 if job[2] == "compiled" else 1.0)
                         * (1.3 if job[1] == "fp64" else 1.0)) for i, job in enumerate(jobs)}
     order = sorted(range(len(jobs)), key=lambda i: -cost[i])
-    references = None if args.no_cache else _ReferencesAhead([specs.get(v) for v in variants])  # meanwhile
+    references = None if args.no_cache else _references_ahead([specs.get(v) for v in variants])
     results = _record_all([jobs[i] for i in order], args, workers=args.jobs)
     results = {order[k]: r for k, r in results.items()}
     made, skipped, failed = [], [], []
@@ -340,32 +340,26 @@ def _record_seconds(update: dict[str, float] | None = None) -> dict[str, float]:
     return known
 
 
-class _ReferencesAhead:
-    """The float64 reference of each variant (as every kind of kernel sees it), computed in a thread
-    while the backends record, so that the comparison finds them cached (common.cases: on disk).
-    Best effort: whatever fails here is computed again, and reported, by the comparison."""
+def _references_ahead(specs_: list):
+    """A started thread that computes the float64 reference of each variant (as every kind of kernel
+    sees it) while the backends record, so that the comparison finds them cached (common.cases: on
+    disk). Best effort: whatever fails here is computed again, and reported, by the comparison. A
+    daemon: an interruption does not wait for it."""
+    import threading
 
-    def __init__(self, specs_: list):
-        import threading
+    from common.cases import HYPERPARAMETERS, Cases, as_kernels_see, reference_results
 
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(specs_,), daemon=True)  # Ctrl-C does not wait
-        self._thread.start()
-
-    def _run(self, specs_: list) -> None:
-        from common.cases import HYPERPARAMETERS, Cases, as_kernels_see, reference_results
-
+    def run() -> None:
         for spec in specs_:
             for kind in HYPERPARAMETERS:
-                if self._stop.is_set():
-                    return
                 try:
                     reference_results(*as_kernels_see(spec, Cases(), kind))
                 except Exception:  # noqa: BLE001 - the comparison computes it again and says what is wrong
                     return
 
-    def join(self) -> None:
-        self._thread.join()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 # --- error model -----------------------------------------------------------------------------
