@@ -2,7 +2,8 @@
 # (re)built only when its requirements file changes.
 #   make conformance   the main job: summaries of every variant, then the conformance matrix of every
 #                      backend (fp32 and fp64, eager for every variant, compiled for paper: compiling
-#                      is slow on a CPU), written to records/matrix.md and .json
+#                      is slow on a CPU), written to records/matrix.md and .json; records are made
+#                      two or more at a time (nin conformance --jobs; README: how long it takes)
 #   make test          ruff, then the test suite, each backend in its own environment
 # Fashion-MNIST is found the same way by every command (common/data.py): $NIN_DATA_DIR, a copy beside
 # the checkout (../shared/data/fashion-mnist), or ~/.cache/nin/fashion-mnist, where it is downloaded.
