@@ -74,18 +74,21 @@ def interrupted_status(error: KeyboardInterrupt) -> int:
     return error.exit_status if isinstance(error, Interrupted) else 128 + signal.SIGINT
 
 
-def _stop(proc: subprocess.Popen, grace: float) -> None:
-    """Ask a child to stop (SIGTERM: it unwinds and removes its temporary files), then kill it."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.terminate()
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except OSError:
-        pass
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
+    """Ask children to stop, all at once (SIGTERM: each unwinds and removes its temporary files), then
+    kill any still running after `grace` seconds."""
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            if proc.poll() is None:
+                proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
 
 
 def run(cmd: list[str], *, env: dict[str, str], timeout: float | None = None, capture: bool = True,
@@ -101,11 +104,11 @@ def run(cmd: list[str], *, env: dict[str, str], timeout: float | None = None, ca
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop(proc, grace)
+            _stop([proc], grace)
             out, err = proc.communicate()
             return subprocess.CompletedProcess(cmd, 124, out or "", (err or "") + f"\ntimed out after {timeout:g} s")
         except BaseException:
-            _stop(proc, grace)
+            _stop([proc], grace)
             raise
         finally:
             with _LIVE_LOCK:
@@ -115,22 +118,11 @@ def run(cmd: list[str], *, env: dict[str, str], timeout: float | None = None, ca
 
 def stop_all(grace: float = GRACE_S) -> None:
     """Stop every child that `run` is waiting for, in any thread: what an interrupted parallel sweep
-    does before it unwinds (the interruption reaches the main thread only). All are asked at once
-    (SIGTERM: each cleans up), then any still running after `grace` seconds is killed; the threads'
-    `run` calls then return."""
+    does before it unwinds (the interruption reaches the main thread only); the threads' `run` calls
+    then return."""
     with _LIVE_LOCK:
         procs = list(_LIVE)
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            if proc.poll() is None:
-                proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                proc.kill()
+    _stop(procs, grace)
 
 
 def python_for(name: str) -> str:

@@ -49,8 +49,15 @@ from common.fsio import atomic_write_text, check_writable
 from common.records import Record
 from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 from common.tolerances import CHECKS
-from conformance import compare
-from conformance.compare import Check, as_updates, bounds_for, check_structure, check_values, for_convention
+from conformance.compare import (
+    Check,
+    as_updates,
+    bound_precision,
+    bounds_for,
+    check_structure,
+    check_values,
+    for_convention,
+)
 from conformance.record import compute_variant
 from harness import processes
 
@@ -133,7 +140,7 @@ def judge(model_mod, train_mod, *, precision: str = "fp32", device: str = "cpu",
     limits = train_mod.float64_limits() if precision == "fp64" else {}
     record = Record(Path("-"), {"variants": {spec.name: info}, "precision": precision, "float64_limits": limits},
                     {}, cases, {spec.name: spec})
-    held, _ = compare.bound_precision(record, spec)  # as the matrix holds it: Keras on JAX/PyTorch fp64 to fp32 bounds
+    held, _ = bound_precision(record, spec)  # as the matrix holds it: Keras on JAX/PyTorch fp64 to fp32 bounds
     init = weights.init(spec, cases.init_seed)
     ref = as_updates(reference_results(spec, cases, data_dir), init)
     bounds = bounds_for(ref, errormodel.spreads(spec, cases, held, data_dir), held)
