@@ -343,8 +343,9 @@ def _record_seconds(update: dict[str, float] | None = None) -> dict[str, float]:
 def _references_ahead(specs_: list):
     """A started thread that computes the float64 reference of each variant (as every kind of kernel
     sees it) while the backends record, so that the comparison finds them cached (common.cases: on
-    disk). Best effort: whatever fails here is computed again, and reported, by the comparison. A
-    daemon: an interruption does not wait for it."""
+    disk). Both kinds always (MXNet's float32 hyperparameters too, even when MXNet is not installed:
+    about 9 s per variant, once, then cached). Best effort: whatever fails here is computed again, and
+    reported, by the comparison. A daemon: an interruption does not wait for it."""
     import threading
 
     from common.cases import HYPERPARAMETERS, Cases, as_kernels_see, reference_results
