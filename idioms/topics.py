@@ -92,11 +92,11 @@ TOPICS: tuple[Topic, ...] = (
                  "at the boundary.",
                  evidence=(C + "test_layout_converters_invert_each_other", T + "test_weights_round_trip"),
                  checks=("logits",)),
-            Note("Keras's `Conv2D` takes no number for padding, only `\"valid\"` or `\"same\"`, which pads "
-                 "(k - 1) // 2 before and the rest after: the block's padding only at stride 1 with p = (k - 1) / 2, "
-                 "the chapter's 5x5 and 3x3 convs. Elsewhere the block pads with `ZeroPadding2D(p)` before a valid "
-                 "convolution. (`\"same\"` is also 17x faster in Keras on JAX in float64: the gradient of a valid "
-                 "conv over a padded input takes XLA's slow CPU path.)",
+            Note("Keras's `Conv2D` takes no number for padding, only `\"valid\"` or `\"same\"` (which pads "
+                 "(k - 1) // 2 before and the rest after), so the block uses `\"same\"` where that is its padding "
+                 "(stride 1, p = (k - 1) / 2: the chapter's 5x5 and 3x3 convs; 17x faster in float64 on JAX, whose "
+                 "CPU gradient of a valid conv over a padded input is slow) and `ZeroPadding2D(p)` before a valid "
+                 "convolution elsewhere.",
                  evidence=(T + "test_json_spec_builds_and_matches_reference", T + "test_layer_shapes_match_spec"),
                  checks=("logits",)),
             Note("Batch-norm momentum means opposite things: the spec's is the share of the running statistic "
