@@ -13,9 +13,16 @@ MXVENV := .venv-mxnet
 PYTEST_ARGS ?=
 NIN := $(VENV)/bin/nin
 
-.PHONY: setup conformance test portability error-model bench clean
+.PHONY: setup data conformance test portability error-model bench clean
 
-setup: $(VENV)/.installed $(MXVENV)/.installed
+setup: $(VENV)/.installed $(MXVENV)/.installed data
+
+# Fashion-MNIST, found ($NIN_DATA_DIR, ../shared/data/fashion-mnist, ~/.cache/nin/fashion-mnist) or
+# downloaded once, and verified (sha256 of each file's content); offline with no copy, it stops with
+# one line saying where to put the files. The tests never download; under `make test` a missing data
+# set fails.
+data: $(VENV)/.installed
+	@$(NIN) data
 
 $(VENV)/.installed: requirements/main.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,17 +43,12 @@ conformance: setup
 		$(NIN) summary --variant $$v || exit 1; echo; done
 	$(NIN) conformance --compile-variants paper --report records/matrix.md --json-out records/matrix.json
 
-# Each Keras backend is a process of its own (KERAS_BACKEND is read once, when Keras starts); the MXNet
-# environment (numpy 1.23) runs common's tests again and MXNet's. NIN_REQUIRE turns a missing
-# framework into a failure, not a skip.
+# ruff, then pytest in each interpreter (scripts/test-all.sh: each Keras backend is a process of its own,
+# KERAS_BACKEND being read once; the MXNet environment runs common's tests again and MXNet's). Every
+# step runs even when an earlier one fails, then one summary line per step; NIN_REQUIRE turns a missing
+# framework or missing data into a failure, not a skip. TEST_REPORT=FILE also writes the summary there.
 test: setup
-	$(VENV)/bin/ruff check .
-	NIN_REQUIRE=torch,keras-tf,jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends torch,keras-tf,jax
-	KERAS_BACKEND=jax NIN_REQUIRE=keras-jax $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-jax \
-		-m "not main_env" tests/test_backends.py
-	KERAS_BACKEND=torch NIN_REQUIRE=keras-torch $(VENV)/bin/python -m pytest $(PYTEST_ARGS) --backends keras-torch \
-		-m "not main_env" tests/test_backends.py tests/test_mutations.py
-	NIN_REQUIRE=mxnet $(MXVENV)/bin/python -m pytest $(PYTEST_ARGS) --backends mxnet -m "not main_env"
+	VENV=$(VENV) MXVENV=$(MXVENV) PYTEST_ARGS="$(PYTEST_ARGS)" scripts/test-all.sh
 
 # The CPU matrix under every numeric path a user's CPU may take that can be forced here (docs/conformance.md).
 portability: setup

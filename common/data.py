@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import urllib.request
 import zlib
@@ -30,6 +31,13 @@ FILES = {  # name -> sha256 of the decompressed IDX bytes
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
+SIZES = {  # name -> bytes of the decompressed IDX content: a file is never read past this (a gzip bomb)
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+CHUNK = 1 << 20
 MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
@@ -74,21 +82,45 @@ def _find(name: str, data_dir: Path) -> Path | None:
     return None
 
 
-def _decompress(raw: bytes, path: Path) -> bytes:
+def _bounded_read(stream, name: str, path: Path) -> bytes:
+    """The content of `stream`, read in chunks and never past SIZES[name] + 1 bytes: a file that
+    holds (or inflates to) more is refused before it fills the memory."""
+    limit, chunks, got = SIZES[name], [], 0
+    while got <= limit:
+        chunk = stream.read(min(CHUNK, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    if got > limit:
+        raise DataError(f"{path}: holds more than the {limit:,} bytes of Fashion-MNIST's {name}; "
+                        "it is not that file (delete it to download it again)")
+    return b"".join(chunks)
+
+
+def _content(opened, name: str, path: Path) -> bytes:
+    """The decompressed content of an open binary file (gzip or not, by its magic, whatever its name)."""
     try:
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip magic, whatever the name
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a damaged stream is zlib's
+        magic = opened.peek(2)[:2] if hasattr(opened, "peek") else b""
+        if magic == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=opened) as z:
+                return _bounded_read(z, name, path)
+        return _bounded_read(opened, name, path)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a damaged or truncated stream
         raise DataError(f"{path}: cannot be decompressed ({e}); delete it to download it again") from None
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, name: str) -> bytes:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = _content(f, name, path)
+    except DataError:
+        raise
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not raw:
         raise DataError(f"{path}: is empty (0 bytes); delete it to download it again")
-    return _decompress(raw, path)
+    return raw
 
 
 def _verify(name: str, raw: bytes, path: Path) -> None:
@@ -106,8 +138,8 @@ def _download(name: str, data_dir: Path) -> Path:
         url = mirror + f"{name}.gz"
         try:
             with urllib.request.urlopen(url, timeout=60) as r:
-                payload = r.read()
-            _verify(name, _decompress(payload, Path(url)), Path(url))
+                payload = r.read(SIZES[name] + 1024)  # gzip never grows these files beyond a header's worth
+            _verify(name, _content(io.BufferedReader(io.BytesIO(payload)), name, Path(url)), Path(url))
             atomic_write_bytes(target, payload)
             return target
         except (OSError, DataError) as e:
@@ -146,10 +178,34 @@ def load(split: str = "train", data_dir: str | Path | None = None, download: boo
                 path = _download(name, target)
             except DataError as e:
                 raise DataError(f"{name}(.gz) is in none of {looked}, and {e}") from None
-        raw = _read_bytes(path)
+        raw = _read_bytes(path, name)
         _verify(name, raw, path)
         arrays.append(_parse_idx(raw, path))
     return arrays[0], arrays[1]
+
+
+def ensure(data_dir: str | Path | None = None, *, download: bool = True) -> dict[str, Path]:
+    """Make the four files available and verified (`make setup` runs this as `nin data`): each is
+    found where `load` looks, downloaded where it is missing (when `download`), and its content's
+    sha256 checked. Returns name -> the file. A file that cannot be had is one DataError that says
+    where to put it."""
+    dirs = search_dirs(data_dir)
+    looked = ", ".join(map(str, dirs))
+    found = {}
+    for name in FILES:
+        path = next((p for p in (_find(name, d) for d in dirs) if p), None)
+        if path is None and download:
+            target = dirs[0] if data_dir or os.environ.get("NIN_DATA_DIR") else dirs[-1]
+            try:
+                path = _download(name, target)
+            except DataError as e:
+                raise DataError(f"Fashion-MNIST's {name}.gz is in none of {looked} and {e}") from None
+        if path is None:
+            raise DataError(f"Fashion-MNIST's {name}.gz is in none of {looked}: put the four files "
+                            f"({', '.join(f + '.gz' for f in FILES)}) in one of them, or set NIN_DATA_DIR")
+        _verify(name, _read_bytes(path, name), path)
+        found[name] = path
+    return found
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:

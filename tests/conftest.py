@@ -5,8 +5,9 @@ Options:
     --variants d2l,paper        which variants (default: all)
     --device cpu|gpu|all        where (default cpu; gpu tests skip with a reason when no GPU is seen)
 Environment:
-    NIN_REQUIRE=torch,jax      a listed backend whose framework is absent FAILS instead of skipping
-                               (`make test` sets it, so that a missing install cannot pass silently)
+    NIN_REQUIRE=torch,jax,data a listed backend whose framework is absent, or Fashion-MNIST when `data`
+                               is listed, FAILS instead of skipping (`make test` sets it, so that a
+                               missing install cannot pass silently)
     NIN_DATA_DIR               where Fashion-MNIST is (the tests never download)
 """
 
@@ -23,6 +24,9 @@ from common import spec as specs
 from harness import processes
 
 ROOT = Path(__file__).resolve().parent.parent
+# A limit that only ends a hang: far beyond what any machine takes for the work it bounds (seconds to
+# minutes). No test asserts how fast something ran (CI's machines differ: see docs/architecture.md).
+HANG_S = 3600
 
 
 def pytest_addoption(parser):
@@ -115,8 +119,14 @@ def labels(spec):
 
 @pytest.fixture(scope="session")
 def data_dir():
+    """Where Fashion-MNIST is. Tests never download it: `make setup` does (`nin data`). Missing, it
+    skips, or fails when NIN_REQUIRE lists `data`, as `make test` does: a fresh clone without the
+    data must not pass with most numeric tests skipped."""
     d = data.default_dir()
     if data.missing_files(d):
-        pytest.skip(f"Fashion-MNIST is not on this machine (looked in {', '.join(map(str, data.search_dirs()))}); "
-                    "tests never download")
+        msg = (f"Fashion-MNIST is not on this machine (looked in {', '.join(map(str, data.search_dirs()))}); "
+               "tests never download: `make setup` (or `nin data`) fetches it")
+        if "data" in _csv(os.environ.get("NIN_REQUIRE", "")):
+            pytest.fail(f"NIN_REQUIRE lists data, but {msg}")
+        pytest.skip(msg)
     return d

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HANG_S
 
 from benchmarks import runner, timing, utilization, verify_timing, worker
 from common import backends
@@ -29,7 +30,7 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reas
 
 @needs_torch
 def test_torch_worker_times_a_tiny_configuration():
-    out = processes.call("torch", "benchmarks.worker", worker.arguments({"backend": "torch", **TINY}), timeout=300)
+    out = processes.call("torch", "benchmarks.worker", worker.arguments({"backend": "torch", **TINY}), timeout=HANG_S)
     assert out["status"] == "ok", out.get("reason")
     assert CONTRACT_KEYS | {"versions", "numerics", "device_name", "backend", "batch_size"} <= set(out)
     assert len(out["window_seconds"]) == 2 and all(t > 0 for t in out["window_seconds"])
@@ -146,14 +147,14 @@ def test_a_failing_configuration_is_an_error_with_its_message(tmp_path, monkeypa
 
 @needs_torch
 def test_independent_timing_loop_runs_for_torch():
-    out = processes.call("torch", "benchmarks.verify_timing", worker.arguments({"backend": "torch", **TINY}), timeout=300)
+    out = processes.call("torch", "benchmarks.verify_timing", worker.arguments({"backend": "torch", **TINY}), timeout=HANG_S)
     assert out["status"] == "ok" and out["images_per_second"] > 0 and out["steps"] == 2
     result = {"backend": "torch", **TINY, "status": "ok", "images_per_second": out["images_per_second"]}
-    verify_timing.check([result], timeout=300)  # a fresh process of its own
+    verify_timing.check([result], timeout=HANG_S)  # a fresh process of its own
     assert result["verify"]["status"] == "ok" and result["verify"]["tolerance"] == 0.10
 
 
 def test_runner_help_works_standalone():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.runner", "--help"], cwd=backends.ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--verify" in proc.stdout

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import HANG_S
 
 from benchmarks import gpu_session as gs
 from benchmarks import report
@@ -126,21 +127,21 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_failure_and_a_time_out_are_recorded_and_the_session_goes_on(tmp_path):
-    s = gs.Session(_cfg(tmp_path, budget=120, reserve=1))
+    s = gs.Session(_cfg(tmp_path, budget=3600, reserve=1))
     pidfile = tmp_path / "grandchild.pid"
-    grandchild = ("import subprocess, sys, time; "
-                  "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-                  f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
-    failed = s.run_step(gs.Step("fails", "bench", _py("import sys; print('boom'); sys.exit(3)"), timeout=30))
-    slow = s.run_step(gs.Step("hangs", "record", _py(grandchild), timeout=6))
-    fine = s.run_step(gs.Step("works", "bench", _py("print('{\"ok\": 1}')"), timeout=30))
+    # The step and its worker never end by themselves (signal.pause), so the step times out whatever
+    # the machine's speed; its 20 s only have to cover starting two Pythons.
+    grandchild = ("import signal, subprocess, sys; "
+                  "p = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()']); "
+                  f"open({str(pidfile)!r}, 'w').write(str(p.pid)); signal.pause()")
+    failed = s.run_step(gs.Step("fails", "bench", _py("import sys; print('boom'); sys.exit(3)"), timeout=600))
+    slow = s.run_step(gs.Step("hangs", "record", _py(grandchild), timeout=20))
+    fine = s.run_step(gs.Step("works", "bench", _py("print('{\"ok\": 1}')"), timeout=600))
     assert (failed.status, failed.rc) == ("failed", 3) and "boom" in failed.reason
-    assert slow.status == "timeout" and slow.seconds < 20
+    assert slow.status == "timeout"
     pid = int(pidfile.read_text())
-    deadline = time.time() + 10
-    while _alive(pid) and time.time() < deadline:  # the step's own worker is stopped with it
+    while _alive(pid):  # the step's own worker is stopped with it (a hang here is the failure)
         time.sleep(0.1)
-    assert not _alive(pid)
     assert fine.status == "ok" and s.last_json(fine) == {"ok": 1}
     out = tmp_path / "out"
     doc = json.loads((out / "session.json").read_text())
@@ -221,14 +222,12 @@ def test_collect_puts_the_results_where_they_belong(tmp_path, monkeypatch):
 
 # --- the whole dry run ---------------------------------------------------------------------------------
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed here")
-def test_dry_run_on_the_cpu_records_compares_and_benchmarks(tmp_path):
-    if data.missing_files(data.default_dir()):
-        pytest.skip("Fashion-MNIST is not on this machine (the records train on it; the tests never download)")
+def test_dry_run_on_the_cpu_records_compares_and_benchmarks(tmp_path, data_dir):
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = [sys.executable, "-m", "benchmarks.gpu_session", "run", "--dry-run", "--backends", "torch",
-           "--precisions", "fp32", "--bench-groups", "0", "--skip", "train", "--budget", "280",
+           "--precisions", "fp32", "--bench-groups", "0", "--skip", "train", "--budget", str(HANG_S),
            "--out", str(out), "--work", str(work), "--wheelhouse", str(tmp_path / "no-wheels")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "session.json").read_text())
     status = {st["name"]: st["status"] for st in doc["steps"]}
@@ -332,9 +331,7 @@ def test_install_for_real_without_network_into_a_target(tmp_path):
     assert wh.install(bundle, target=target)["installed"] == {}  # a second run finds it there
 
 
-def test_the_data_is_copied_and_verified(tmp_path):
-    if data.missing_files(data.default_dir()):
-        pytest.skip("Fashion-MNIST is not on this machine (the tests never download)")
+def test_the_data_is_copied_and_verified(tmp_path, data_dir):
     target = wh.copy_data(tmp_path)
     assert sorted(p.name.split(".")[0] for p in target.iterdir()) == sorted(data.FILES)
     assert "Fashion-MNIST" in wh.size_report(tmp_path)
