@@ -32,7 +32,7 @@ import numpy as np
 
 from . import calc, data, reference, weights
 from .fsio import atomic_path
-from .spec import Dropout, Flatten, GlobalAvgPool, NetSpec
+from .spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 
 REFERENCE_VERSION = 6  # bump when common.reference or the cases change what they compute: the cache key
 
@@ -71,6 +71,24 @@ class Cases:
                 raise ValueError(f"{source}.{name}: expected a number in [0, 10], got {v!r}")
         return cls(**d)
 
+
+# The reduced case of the quick tier (`nin conformance --quick`) and of the planted bugs
+# (tests/mutations.py: every planted bug is judged on it, so the quick tier catches every one the
+# full matrix catches). It exercises every check in seconds: two NiN blocks with 3x3 kernels (a
+# flipped or transposed 1x1 kernel is invisible), stride 2 with padding (Keras's 'same' pads one
+# side), a padded max pool whose ceil mode would add a row, a dropout rate whose complement differs
+# (0.75: keep_prob for rate is 0.25; 0.5 would hide it), batch norm in one block. Its constants are
+# exact in float32 (lr 1/16, momentum 7/8, weight decay 2^-10, batch-norm momentum 7/8, epsilon
+# 2^-16), so that MXNet's float32 hyperparameters equal the exact ones.
+PROBE = NetSpec(
+    "mutation-probe", (3, 20, 20), 10, (
+        NiNBlock(8, kernel_size=3, stride=2, padding=1, mlp=(8,)),  # 20 -> 10
+        MaxPool(3, 2, 1),  # 10 -> 5; ceil mode: 6
+        Dropout(0.75),
+        NiNBlock(10, kernel_size=3, stride=1, padding=1, mlp=(10,), batch_norm=True),  # 5 -> 5
+        GlobalAvgPool(), Flatten()),
+    bn_momentum=0.875, bn_eps=2.0 ** -16)
+PROBE_CASES = Cases(steps=4, momentum_steps=3, lr=0.0625, momentum=0.875, weight_decay=2.0 ** -10)
 
 DROPOUT_PROBE = (16, 1024)  # batch, units: 16384 draws put the dropped fraction within 0.02 of p at 5 sigma
 

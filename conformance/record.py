@@ -24,7 +24,16 @@ import numpy as np
 from common import calc, records, weights
 from common import spec as specs
 from common.backends import BackendError
-from common.cases import DROPOUT_PROBE, Cases, dropout_probe, dropout_rates, inputs, training_batches
+from common.cases import (
+    DROPOUT_PROBE,
+    PROBE,
+    PROBE_CASES,
+    Cases,
+    dropout_probe,
+    dropout_rates,
+    inputs,
+    training_batches,
+)
 from common.data import DataError
 from common.fsio import OutputError, check_writable
 from common.spec import SpecError
@@ -83,7 +92,7 @@ def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device
     return {k: np.asarray(v, dtype=dtype) for k, v in out.items()}, info
 
 
-def make_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
+def make_record(backend: str, variants: list, *, device: str, precision: str, compile: str, out: Path,
                 cases: Cases = Cases(), data_dir=None, progress=None) -> Path:
     model_mod = processes.load(backend, "model")
     train_mod = processes.load(backend, "train")
@@ -96,7 +105,7 @@ def make_record(backend: str, variants: list[str], *, device: str, precision: st
     tensors: dict[str, np.ndarray] = {}
     per_variant = {}
     for name in variants:
-        spec = specs.get(name)
+        spec = specs.get(name) if isinstance(name, str) else name  # a name, a .json file, or a NetSpec
         if spec.name in per_variant:  # a record holds one network per name
             if per_variant[spec.name]["spec"] == spec.to_dict():
                 continue
@@ -145,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     the traceback of an unexpected error). The record is written atomically: never half a file."""
     p = argparse.ArgumentParser(prog="python -m conformance.record", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", required=True)
-    p.add_argument("--variant", nargs="+", required=True)
+    p.add_argument("--variant", nargs="+", help="variant names or .json specs (or --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick tier's case instead: common.cases.PROBE with PROBE_CASES")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--precision", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--compile", default="eager", choices=("eager", "compiled"))
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
+    if bool(args.quick) == bool(args.variant):
+        p.error("give --variant or --quick, one of the two")
+    variants, cases = ([PROBE], PROBE_CASES) if args.quick else (args.variant, Cases())
     with processes.sigterm_unwinds():
         try:
             missing = processes.missing_here(args.backend)
@@ -158,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
                 return 3
             check_writable(args.out, "--out")
-            out = make_record(args.backend, args.variant, device=args.device, precision=args.precision,
-                              compile=args.compile, out=args.out,
+            out = make_record(args.backend, variants, device=args.device, precision=args.precision,
+                              compile=args.compile, out=args.out, cases=cases,
                               progress=lambda m: print(f"  recording {m}", file=sys.stderr, flush=True))
         except KeyboardInterrupt as e:
             print("interrupted: no record written", file=sys.stderr)

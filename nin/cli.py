@@ -6,6 +6,7 @@
     nin conformance  record every installed backend, then compare (the README's main job)
     nin error-model  the spreads behind every tolerance: show them, or measure and store them
     nin bench        throughput per backend (benchmarks/runner.py)
+    nin data         Fashion-MNIST: find it, or download it, and verify it (`make setup` runs it)
 
 Exit status (docs/bad-inputs.md): 0 done and every check passed; 1 a check failed, a record or a
 benchmark configuration failed (the sweep goes on and says so), or an internal error; 2 input that
@@ -30,6 +31,7 @@ from benchmarks import runner
 from common import backends, calc, tables
 from common import spec as specs
 from common.backends import BackendError
+from common.cases import PROBE, PROBE_CASES, Cases
 from common.data import DataError
 from common.fsio import OutputError, atomic_write_text, check_writable, remove_stale_temporaries
 from common.records import RecordError
@@ -117,7 +119,13 @@ def cmd_summary(args) -> int:
 # --- record / compare / conformance ----------------------------------------------------------
 def _variants(args) -> list[str]:
     """Named variants, or JSON spec files (made absolute: the worker runs from the repository).
-    Each name once: two different networks under one name would overwrite each other in a record."""
+    Each name once: two different networks under one name would overwrite each other in a record.
+    With --quick, the quick tier's one network (common.cases.PROBE), and no --variant."""
+    if getattr(args, "quick", False):
+        if args.variant or getattr(args, "compile_variants", None):
+            raise UsageError("--quick records its own small network (common.cases.PROBE): "
+                             "give no --variant or --compile-variants with it")
+        return [PROBE.name]
     names = list(specs.VARIANTS) if args.variant in (None, ["all"]) else args.variant
     out, seen = [], {}
     for name in dict.fromkeys(names):
@@ -133,14 +141,15 @@ def _variants(args) -> list[str]:
 
 
 def run_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
-               quiet: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+               quiet: bool = False, timeout: float | None = None, quick: bool = False) -> subprocess.CompletedProcess:
     """Run conformance.record in the backend's own interpreter and environment (MXNet's is .venv-mxnet).
     Its exit status is the worker's (conformance.record.main), 124 after `timeout`; a timeout or an
-    interruption asks the worker to stop and clean up first. Nothing it began is left behind."""
+    interruption asks the worker to stop and clean up first. Nothing it began is left behind.
+    quick: the quick tier's case (common.cases.PROBE) instead of `variants`."""
     out = Path(out).resolve()
     cmd = processes.worker_command(backend, "conformance.record", [
         "--backend", backend, "--device", device, "--precision", precision, "--compile", compile,
-        "--out", str(out), "--variant", *variants])
+        "--out", str(out), *(["--quick"] if quick else ["--variant", *variants])])
     try:
         r = processes.run(cmd, env=processes.environment_for(backend), timeout=timeout, capture=quiet)
     except OSError as e:
@@ -156,12 +165,13 @@ def record_name(backend: str, *, device: str, precision: str, compile: str) -> s
 
 def cmd_record(args) -> int:
     variants = _variants(args)
-    out = Path(args.out or Path("records") / record_name(args.backend, device=args.device, precision=args.precision,
-                                                         compile=args.compile))
+    folder = Path("records") / "quick" if args.quick else Path("records")
+    out = Path(args.out or folder / record_name(args.backend, device=args.device, precision=args.precision,
+                                                compile=args.compile))
     check_writable(out, "--out")
     _not_an_input(out, "--out", [v for v in variants if v.endswith(".json")])
     r = run_record(args.backend, variants, device=args.device, precision=args.precision, compile=args.compile,
-                   out=out, quiet=True, timeout=args.timeout)
+                   out=out, quiet=True, timeout=args.timeout, quick=args.quick)
     if r.returncode == 0:
         print(out)
         return 0
@@ -203,9 +213,22 @@ def _matrix_outputs(args, inputs: list) -> None:
         raise UsageError(f"--report and --json-out are the same file, {args.report}: one would overwrite the other")
 
 
+def _existing_files(paths: list, what: str) -> None:
+    """Refuse, before any work, a path that is not there or is not a file (a typo, an unexpanded glob)."""
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"{what} {path}: no such file")
+        if p.is_dir():
+            raise UsageError(f"{what} {path}: a directory, not a {what} file")
+        if not p.is_file():
+            raise UsageError(f"{what} {path}: not a regular file")
+
+
 def cmd_compare(args) -> int:
     from conformance import compare, matrix
 
+    _existing_files(args.records, "record")
     _matrix_outputs(args, args.records)
     result = compare.compare(args.records, use_cache=not args.no_cache,
                              progress=None if args.json else lambda m: print(f"  {m}", file=sys.stderr, flush=True))
@@ -218,22 +241,30 @@ def cmd_compare(args) -> int:
     return 0 if result.passed else 1
 
 
-def cmd_conformance(args) -> int:
-    variants = _variants(args)
+def _compiled_only(args, variants: list[str]) -> set[str] | None:
+    """The variants to record in compiled mode too (--compile-variants), or None: all of them."""
+    if args.compile_variants is None:
+        return None
     names = {specs.get(v).name: v for v in variants}
     names.update({v: v for v in variants})
-    asked = [str(Path(v).resolve()) if v.endswith(".json") else v for v in args.compile_variants or []]
-    unknown = [v for v, a in zip(args.compile_variants or [], asked) if a not in names]
+    asked = [str(Path(v).resolve()) if v.endswith(".json") else v for v in args.compile_variants]
+    unknown = [v for v, a in zip(args.compile_variants, asked) if a not in names]
     if unknown:
         raise UsageError(f"--compile-variants: {unknown} not among the variants recorded, "
                          f"{sorted(specs.get(v).name for v in variants)}")
-    compiled = None if args.compile_variants is None else {names[a] for a in asked}
+    return {names[a] for a in asked}
+
+
+def cmd_conformance(args) -> int:
+    variants = _variants(args)
+    compiled = _compiled_only(args, variants)
     _matrix_outputs(args, [v for v in variants if v.endswith(".json")])
-    outdir = Path(args.out_dir)
+    outdir = Path(args.out_dir or (Path("records") / "quick" if args.quick else "records"))
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--out-dir {outdir} is a file, not a folder")
     check_writable(outdir / record_name("probe", device=args.device, precision="fp32", compile="eager"), "--out-dir")
-    plan = [(b, p, c) for b in (args.backend or list(backends.BACKENDS)) for p in args.precision for c in args.compile
+    modes = ["eager"] if args.quick else args.compile  # the quick tier: eager only
+    plan = [(b, p, c) for b in (args.backend or list(backends.BACKENDS)) for p in args.precision for c in modes
             if c in backends.get(b).compile_modes]
     jobs = []
     for name, precision, compile in plan:
@@ -248,7 +279,9 @@ def cmd_conformance(args) -> int:
     cost = {i: took.get(_job_key(job), len(job[3]) * 60.0 * (2.0 if job[2] == "compiled" else 1.0)
                         * (1.3 if job[1] == "fp64" else 1.0)) for i, job in enumerate(jobs)}
     order = sorted(range(len(jobs)), key=lambda i: -cost[i])
-    references = None if args.no_cache else _references_ahead([specs.get(v) for v in variants])
+    cases = PROBE_CASES if args.quick else Cases()
+    references = None if args.no_cache else _references_ahead(
+        [PROBE] if args.quick else [specs.get(v) for v in variants], cases)
     results = _record_all([jobs[i] for i in order], args, workers=args.jobs)
     results = {order[k]: r for k, r in results.items()}
     made, skipped, failed = [], [], []
@@ -286,7 +319,7 @@ def _record_all(jobs: list[tuple], args, *, workers: int) -> dict[int, subproces
         name, precision, compile, chosen, out = jobs[i]
         t = time.time()
         r = run_record(name, chosen, device=args.device, precision=precision, compile=compile, out=out, quiet=True,
-                       timeout=args.timeout)
+                       timeout=args.timeout, quick=args.quick)
         return i, r, time.time() - t
 
     results, seconds_of = {}, {}
@@ -340,7 +373,7 @@ def _record_seconds(update: dict[str, float] | None = None) -> dict[str, float]:
     return known
 
 
-def _references_ahead(specs_: list):
+def _references_ahead(specs_: list, cases):
     """A started thread that computes the float64 reference of each variant (as every kind of kernel
     sees it) while the backends record, so that the comparison finds them cached (common.cases: on
     disk). Both kinds always (MXNet's float32 hyperparameters too, even when MXNet is not installed:
@@ -348,13 +381,13 @@ def _references_ahead(specs_: list):
     reported, by the comparison. A daemon: an interruption does not wait for it."""
     import threading
 
-    from common.cases import HYPERPARAMETERS, Cases, as_kernels_see, reference_results
+    from common.cases import HYPERPARAMETERS, as_kernels_see, reference_results
 
     def run() -> None:
         for spec in specs_:
             for kind in HYPERPARAMETERS:
                 try:
-                    reference_results(*as_kernels_see(spec, Cases(), kind))
+                    reference_results(*as_kernels_see(spec, cases, kind))
                 except Exception:  # noqa: BLE001 - the comparison computes it again and says what is wrong
                     return
 
@@ -376,7 +409,7 @@ def cmd_error_model(args) -> int:
 
     cases = Cases()
     rows, entries = [], {}
-    progress = lambda m: print(f"  {m}", file=sys.stderr, flush=True)
+    progress = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     for name in _variants(args):
         spec = specs.get(name)
         ref = as_updates(reference_results(spec, cases), weights.init(spec, cases.init_seed))
@@ -395,12 +428,31 @@ def cmd_error_model(args) -> int:
                 scale = {k: np.abs(ref[k]).reshape(-1) if errormodel.measure(kind) == "max"
                          else np.linalg.norm(ref[k]) for k in keys}
                 worst.append(max(float(np.max(np.asarray(spread[k]) / np.maximum(scale[k], 1e-300))) for k in keys))
-            rows.append([spec.name, precision] + [f"{w:.1e}" for w in worst])
+            rows.append([spec.name, precision, *worst])
     if args.write:
         print(f"wrote {errormodel.STORE}", file=sys.stderr)
+    header = ["variant", "precision"] + [k.rstrip("/") for k in _SHOWN]
+    if args.json:
+        print(json.dumps({"relative_spread": [dict(zip(header, r)) for r in rows], "store": str(errormodel.STORE)},
+                          indent=2))
+        return 0
     print("Largest spread of each quantity relative to its size (elementwise |reference|, or ||reference||; "
           "weights as updates):")
-    print("\n".join(tables.text(["variant", "precision"] + [k.rstrip("/") for k in _SHOWN], rows)))
+    print("\n".join(tables.text(header, [r[:2] + [f"{w:.1e}" for w in r[2:]] for r in rows])))
+    return 0
+
+
+# --- data ----------------------------------------------------------------------------------------
+def cmd_data(args) -> int:
+    """Fashion-MNIST available and verified, downloaded once where it is missing (`make setup`)."""
+    from common import data
+
+    found = data.ensure(args.data_dir, download=not args.no_download)
+    if args.json:
+        print(json.dumps({"files": {k: str(v) for k, v in found.items()}, "verified": "sha256"}, indent=2))
+        return 0
+    folders = sorted({str(p.parent) for p in found.values()})
+    print(f"Fashion-MNIST: {len(found)} files, sha256 verified, in {', '.join(folders)}")
     return 0
 
 
@@ -428,7 +480,10 @@ def _record_args(q, many: bool) -> None:
         q.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp64 or fast")
         q.add_argument("--compile", choices=("eager", "compiled"), default="eager", help="eager (default) or compiled")
     q.add_argument("--variant", nargs="+", help="variants (names or .json spec files) to record (default: all)")
-    q.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    q.add_argument("--quick", action="store_true",
+                   help="the quick tier: a small probe network (common.cases.PROBE) instead of the variants, eager "
+                        "only; the case every planted bug is judged on (records/quick/ by default)")
+    q.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where the backend computes (default cpu)")
     q.add_argument("--timeout", type=_seconds, default=3600, help="seconds allowed per record (default 3600)")
 
 
@@ -442,12 +497,15 @@ def _matrix_args(q) -> None:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="nin",
                                 description="Network in Network in four frameworks, and the proof they agree.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs; memory for training and inference")
     _add_spec_args(s)
-    s.add_argument("--batch-size", type=_count(1, 1_000_000), default=1)
-    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    s.add_argument("--batch-size", type=_count(1, 1_000_000), default=1,
+                   help="images per batch, for the memory figures (default 1)")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="element type of weights and activations, for the memory figures (default float32)")
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     s.set_defaults(func=cmd_summary)
 
@@ -463,7 +521,7 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("conformance", help="record every installed backend and compare (the main job)")
     _record_args(k, True)
-    k.add_argument("--out-dir", default="records", help="where the records go (default records/)")
+    k.add_argument("--out-dir", help="where the records go (default records/, records/quick/ with --quick)")
     k.add_argument("--jobs", type=_count(1, 64), default=min(4, os.cpu_count() or 1),
                    help="records made at once, each in its own process (default: the CPUs, at most 4)")
     _matrix_args(k)
@@ -471,13 +529,23 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("error-model", help="the spreads behind every tolerance (common/error_model.json)")
     e.add_argument("--variant", nargs="+", help="variants (default: all)")
-    e.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    e.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                   help="precisions whose spreads to show (default: all)")
     e.add_argument("--write", action="store_true", help="measure again and store in common/error_model.json")
+    e.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     e.set_defaults(func=cmd_error_model)
 
     b = sub.add_parser("bench", help="training and inference throughput per backend")
     runner.add_arguments(b)
     b.set_defaults(func=runner.main)
+
+    d = sub.add_parser("data", help="Fashion-MNIST: find it or download it (once), and verify it (sha256)")
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="look (and download) here only (default: $NIN_DATA_DIR, ../shared/data/fashion-mnist, "
+                        "~/.cache/nin/fashion-mnist)")
+    d.add_argument("--no-download", action="store_true", help="only find and verify; fail if a file is missing")
+    d.add_argument("--json", action="store_true", help="one JSON object: where each file is")
+    d.set_defaults(func=cmd_data)
 
     training_cli.add_commands(sub)  # train, plot, lr-find: training/cli.py
     idioms_cli.add_commands(sub)  # idioms: idioms/cli.py
@@ -506,6 +574,16 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
     return 2
+
+
+def _version() -> str:
+    """The suite's version as installed (pyproject.toml), else "unknown" (run from a plain checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nin-suite")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def _one_line(error: BaseException) -> str:

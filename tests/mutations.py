@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 
 from common import backends, errormodel, tables, weights
-from common.cases import Cases, as_kernels_see, reference_results, training_batches
+from common.cases import PROBE, PROBE_CASES, as_kernels_see, reference_results, training_batches
 from common.fsio import atomic_write_text, check_writable
 from common.records import Record
-from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
+from common.spec import NetSpec, NiNBlock
 from common.tolerances import CHECKS
 from conformance.compare import (
     Check,
@@ -61,15 +61,7 @@ from conformance.compare import (
 from conformance.record import compute_variant
 from harness import processes
 
-PROBE = NetSpec(
-    "mutation-probe", (3, 20, 20), 10, (
-        NiNBlock(8, kernel_size=3, stride=2, padding=1, mlp=(8,)),  # 20 -> 10
-        MaxPool(3, 2, 1),  # 10 -> 5; ceil mode: 6
-        Dropout(0.75),
-        NiNBlock(10, kernel_size=3, stride=1, padding=1, mlp=(10,), batch_norm=True),  # 5 -> 5
-        GlobalAvgPool(), Flatten()),
-    bn_momentum=0.875, bn_eps=2.0 ** -16)
-CASES = Cases(steps=4, momentum_steps=3, lr=0.0625, momentum=0.875, weight_decay=2.0 ** -10)
+CASES = PROBE_CASES  # with PROBE, common.cases' reduced case: `nin conformance --quick` runs this same case
 STRUCTURE = ("shapes", "params")  # compare.check_structure's rows, judged with the numeric checks
 ALL_CHECKS = STRUCTURE + tuple(CHECKS)
 

@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -243,8 +244,10 @@ def cmd_plot(args) -> int:
         out = Path(args.out)
     elif len(all_runs) == 1:
         out = all_runs[0].path / "curves.png"
-    else:
-        raise SettingsError("--out: several runs need a file to draw into (one run draws RUN/curves.png)")
+    else:  # `nin plot runs/*`: beside the runs, in the folder that holds them all
+        out = Path(os.path.commonpath([str(r.path.resolve()) for r in all_runs])) / "curves.png"
+    if out.suffix.lower() != ".png":
+        raise SettingsError(f"--out {out}: the plot is written as PNG; give a file name ending in .png")
     check_writable(out, "--out")
     print(plots.plot_runs(all_runs, out, color_by=args.color_by, title=args.title or ""))
     return 0
@@ -394,8 +397,8 @@ def _recipe_args(p, *, many: bool) -> None:
     g.add_argument("--schedule", choices=recipes.SCHEDULES, help="after the warm-up: constant, cosine or linear to 0")
     g.add_argument("--warmup", type=float, help="epochs of linear warm-up from 0 to --lr")
     g.add_argument("--weight-decay", type=float, help="coupled L2 (g += wd * w)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="images per training step")
+    g.add_argument("--epochs", type=int, help="passes over the training images")
     d = p.add_argument_group("data and device")
     d.add_argument("--resize", type=int, help="input size, 28 -> N bilinear on the device (default 224)")
     d.add_argument("--train-limit", type=int, help="train on the first N training images (default all 60,000)")
@@ -445,24 +448,29 @@ def add_commands(sub) -> None:
     r.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     r.add_argument("--margin", type=_positive_float, default=0.5, help="equivalence margin in pp (default 0.5)")
     r.add_argument("--out", metavar="DIR", help="also write DIR/report.md, report.json and curves.png")
-    r.add_argument("--color-by", choices=("backend", "variant"), default="backend")
-    r.add_argument("--title")
+    r.add_argument("--color-by", choices=("backend", "variant"), default="backend",
+                   help="one colour per backend (default) or per variant in the curves")
+    r.add_argument("--title", help="the report's and the plot's title")
     r.add_argument("--json", action="store_true", help="print JSON instead of the tables")
     r.set_defaults(func=cmd_report)
 
     pl = sub.add_parser("plot", help="training curves of runs overlaid, one colour per backend (a PNG)")
     pl.add_argument("runs", nargs="+", help="run directories, or folders holding them")
-    pl.add_argument("--out", metavar="FILE", help="the PNG (default RUN/curves.png for one run)")
-    pl.add_argument("--color-by", choices=("backend", "variant"), default="backend")
-    pl.add_argument("--title")
+    pl.add_argument("--out", metavar="FILE",
+                    help="the PNG (default RUN/curves.png for one run, else curves.png in the folder holding them all)")
+    pl.add_argument("--color-by", choices=("backend", "variant"), default="backend",
+                    help="one colour per backend (default) or per variant")
+    pl.add_argument("--title", help="the plot's title")
     pl.set_defaults(func=cmd_plot)
 
     f = sub.add_parser("lr-find", help="learning-rate range test (exercise 1), plotted")
     _recipe_args(f, many=True)
     _defaults_from_settings(f)
     f.add_argument("--seed", type=int, help="canonical init and data order (default 0)")
-    f.add_argument("--min-lr", type=_positive_float, default=1e-4)
-    f.add_argument("--max-lr", type=_positive_float, default=10.0)
+    f.add_argument("--min-lr", type=_positive_float, default=1e-4,
+                   help="the range test's first rate (default 1e-4)")
+    f.add_argument("--max-lr", type=_positive_float, default=10.0,
+                   help="the range test's last rate, reached geometrically over --steps (default 10)")
     f.add_argument("--steps", type=int, default=100, help="one step per rate (default 100)")
     f.add_argument("--rates", type=_positive_float, nargs="+", metavar="LR",
                    help="instead of the range test, hold each of these rates for --steps steps (the plateau probe)")
@@ -470,5 +478,5 @@ def add_commands(sub) -> None:
     f.add_argument("--keep", action="store_true", help="reuse results already in --out instead of running again")
     f.add_argument("--out", required=True, metavar="DIR", help="DIR/<backend>-<variant>/lr_find.json, DIR/lr_find.png")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
-    f.add_argument("--title")
+    f.add_argument("--title", help="the plot's title")
     f.set_defaults(func=cmd_lr_find)
