@@ -5,7 +5,7 @@
     nin idioms --list                  the topics
     nin idioms --json                  the topic data, with the cut source, as one JSON object
     nin idioms --html docs/idioms.html the self-contained page (docs/idioms.html is committed)
-    nin idioms --check docs/idioms.html   exit 1 when that page is not what the source gives now
+    nin idioms --check docs/idioms.html   exit 1 when that page is not what the source and results give now
     nin idioms --html docs/idioms.html --screenshot docs/idioms.png   and a screenshot (needs Chromium)
 """
 
@@ -17,9 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from common.backends import ROOT
 from common.fsio import atomic_write_text, check_writable
 
-from . import browser, render, source
+from . import browser, facts, render, source
 from .topics import TOPICS
 
 
@@ -36,7 +37,8 @@ def add_commands(sub) -> None:
     out.add_argument("--json", action="store_true", help="print the topic data and the cut source as JSON")
     out.add_argument("--html", metavar="FILE", help="write the self-contained HTML page to FILE")
     out.add_argument("--check", metavar="FILE",
-                     help="compare FILE with a fresh render of every topic; exit 1 when it is stale")
+                     help="exit 1 when FILE is stale: records/matrix.json or results/mutations/*.json changed "
+                          "since it was generated, or a fresh render of every topic differs")
     p.add_argument("--screenshot", metavar="PNG",
                    help="with --html: also a screenshot of the page, 1400 pixels wide (needs Chromium)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -104,18 +106,26 @@ def main(args) -> int:
     return 0
 
 
-def check(path: str) -> int:
-    """0 when the page at `path` is what the source gives now; 1 with the first difference otherwise."""
+def check(path: str, *, root: Path = ROOT) -> int:
+    """0 when the page at `path` is what the source and the committed results give now; 1 otherwise, with
+    what is stale in one line: first the results the page was computed from (the hashes it embeds), then
+    the first difference from a fresh render."""
     try:
         committed = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         return _fail(f"--check: cannot read {path}: {e.strerror or e}")
-    fresh = render.page(TOPICS)
-    if committed == fresh:
-        print(f"{path} is up to date")
-        return 0
-    print(f"nin idioms: {path} is stale: {first_difference(committed, fresh)}; regenerate it with "
-          f"`{render.COMMAND}`", file=sys.stderr)
+    then = render.embedded_inputs(committed)
+    if then is None:
+        stale = ["it names none of the results it was computed from (generated before it embedded their hashes)"]
+    else:
+        stale = facts.changed_inputs(then, facts.input_hashes(root=root))
+    if not stale:
+        fresh = render.page(TOPICS, root=root)
+        if committed == fresh:
+            print(f"{path} is up to date")
+            return 0
+        stale = [first_difference(committed, fresh)]
+    print(f"nin idioms: {path} is stale: {'; '.join(stale)}; regenerate it with `{render.COMMAND}`", file=sys.stderr)
     return 1
 
 

@@ -3,14 +3,21 @@
 The page is deterministic (no time, no host, no absolute path in it), so tests/test_idioms.py can
 compare a fresh render with the committed docs/idioms.html. Syntax highlighting is Pygments',
 rendered here; the CSS is inline; nothing is fetched when the page is opened.
+
+What the page says about the committed results (which records the matrix holds, which planted bugs
+exist and which checks catch them) is computed from those files by idioms.facts, never written by
+hand, and the page embeds a hash of each (`<meta name="nin-idioms-input">`), so that
+`nin idioms --check` names the file that changed since the page was generated.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import re
 import shutil
 import textwrap
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pygments import highlight
@@ -19,15 +26,43 @@ from pygments.lexers import PythonLexer
 
 from common.backends import ROOT
 
-from . import source
+from . import facts, source
 from .topics import PACKAGES, Note, Topic
 
 TITLE = "NiN in four frameworks: the idioms side by side"
 COMMAND = "nin idioms --html docs/idioms.html"
 STYLE = "default"  # Pygments' style for the page
+INPUT_META = re.compile(r'<meta name="nin-idioms-input" content="(?P<file>[^" ]+) sha256:(?P<hash>[0-9a-f]{64})">')
 
 
 # --- shared --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Results:
+    """What the committed results hold, read once per render."""
+    matrix: facts.Matrix
+    mutations: facts.Mutations
+    inputs: dict[str, str]  # file -> sha256, as facts.input_hashes
+
+    @classmethod
+    def read(cls, topics, *, root: Path = ROOT) -> Results:
+        """The committed results; IdiomsError when a note cites a planted bug they do not show its checks
+        catching (the page states what was measured, or nothing)."""
+        out = cls(facts.read_matrix(root=root), facts.read_mutations(root=root), facts.input_hashes(root=root))
+        for topic in topics:
+            for note in topic.notes:
+                for bug in note.planted_bugs:
+                    problems = facts.bug_problems(bug, note.checks, out.mutations)
+                    if problems:
+                        raise source.IdiomsError(f"topic {topic.key}: {problems[0]}")
+        return out
+
+
+def embedded_inputs(page_text: str) -> dict[str, str] | None:
+    """file -> sha256 of the inputs a rendered page was computed from; None when it names none."""
+    found = {m["file"]: m["hash"] for m in INPUT_META.finditer(page_text)}
+    return found or None
+
+
 def _cited(topics) -> tuple[list[str], list[str], list[str]]:
     """Test ids, check names and planted bugs the notes cite, each once, in order of first citation."""
     tests: dict[str, None] = {}
@@ -48,26 +83,87 @@ def matrix_run(check: str) -> str:
     return f"pytest {file} -k '{function} and -{check}'"
 
 
+def bug_run(name: str) -> str:
+    """The pytest command that plants one bug (tests/test_mutations.py ids: [backend-mutant-device]), in
+    the environment of its backend."""
+    return f"pytest tests/test_mutations.py -k 'test_mutant_is_caught and {name}'"
+
+
+def ratio(r: float) -> str:
+    """A ratio to a bound as docs/mutations.md writes it."""
+    return f"{r:.2g}x" if math.isfinite(r) else "NaN/inf"
+
+
+def ratio_range(low: float, high: float) -> str:
+    return ratio(low) if ratio(low) == ratio(high) else f"{ratio(low)} to {ratio(high)}"
+
+
+def describe_records(records: list[facts.MatrixRecord]) -> str:
+    """What a group of matrix records covers, in a line: backends; precisions; variants; devices."""
+    def values(field):
+        return ", ".join(dict.fromkeys(v for r in records for v in r.value(field)))
+    devices = ", ".join(dict.fromkeys(f"{r.device} ({r.device_name})" if r.device_name else r.device for r in records))
+    return f"{values('backend')}; {values('precision')}; variants {values('variant')}; on {devices}"
+
+
+def matrix_claims(note: Note, matrix: facts.Matrix) -> tuple[list[str], list[str]]:
+    """(proofs, gaps) for the note's `matrix` requirements, computed from records/matrix.json: the records
+    with that field and value, when there are some and none fails a check; otherwise what it lacks."""
+    proofs, gaps = [], []
+    for requirement in note.matrix:
+        field, _, value = requirement.partition("=")
+        held = matrix.holding(field, value)
+        failing = [r for r in held if r.failed]
+        if not held:
+            gaps.append(f"{facts.MATRIX} holds no record with {requirement} (it holds {field} "
+                        f"{', '.join(matrix.values(field)) or 'nothing'}).")
+        elif failing:
+            gaps.append(f"{facts.MATRIX}: {len(failing)} of its {len(held)} records with {requirement} fail a check.")
+        else:
+            proofs.append(f"committed matrix: {len(held)} records with {requirement}, every check passed")
+    return proofs, gaps
+
+
 def collect(topics, *, root: Path = ROOT) -> list[tuple[Topic, dict[str, list[source.Segment]]]]:
     return [(t, source.cut_topic(t, root=root)) for t in topics]
 
 
 # --- JSON ----------------------------------------------------------------------------------------
+def _note_json(note: Note, results: Results) -> dict:
+    proofs, gaps = matrix_claims(note, results.matrix)
+    return {"text": note.text, "evidence": list(note.evidence), "checks": list(note.checks),
+            "planted_bugs": list(note.planted_bugs), "matrix": {"proven": proofs, "not_proven": gaps},
+            "gap": note.gap or None}
+
+
+def _bug_json(bug: facts.PlantedBug) -> dict:
+    return {"what": bug.what, "caught_by_catalogue": list(bug.caught_by), "run": bug_run(bug.name),
+            "caught_in_every_run": {c: list(r) for c, r in bug.caught_everywhere().items()},
+            "runs": [{"file": r.file, "backend": r.backend, "precision": r.precision, "caught": r.caught,
+                      "error": r.error or None} for r in bug.runs]}
+
+
 def to_json(topics, *, root: Path = ROOT) -> dict:
     checks = source.check_names()
+    results = Results.read(topics, root=root)
     out = []
     for topic, columns in collect(topics, root=root):
         out.append({
             "key": topic.key, "title": topic.title, "summary": topic.summary,
-            "notes": [{"text": n.text, "evidence": list(n.evidence), "checks": list(n.checks),
-                       "planted_bugs": list(n.planted_bugs), "gap": n.gap or None} for n in topic.notes],
+            "notes": [_note_json(n, results) for n in topic.notes],
             "columns": {p: {"framework": PACKAGES[p], "segments": [
                 {"file": s.file, "name": s.name, "kind": s.kind, "helper": s.helper, "lines": [s.start, s.end],
                  "source": s.text} for s in segs]} for p, segs in columns.items()},
         })
-    _, cited_checks, _ = _cited(topics)
+    _, cited_checks, bugs = _cited(topics)
     return {"topics": out,
-            "checks": {c: {"record_keys": checks[c], "run": matrix_run(c)} for c in cited_checks if c in checks}}
+            "checks": {c: {"record_keys": checks[c], "run": matrix_run(c),
+                           "matrix_rows": list(results.matrix.check_rows.get(c, (0, 0)))}
+                       for c in cited_checks if c in checks},
+            "planted_bugs": {b: _bug_json(results.mutations.bugs[b]) for b in bugs if b in results.mutations.bugs},
+            "matrix": {"records": [asdict(r) for r in results.matrix.records], "rows": results.matrix.rows,
+                       "failed": results.matrix.failed},
+            "inputs": results.inputs}
 
 
 # --- terminal ------------------------------------------------------------------------------------
@@ -76,14 +172,15 @@ def _wrap(text: str, width: int, indent: str, first: str | None = None) -> str:
                          subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
 
 
-def _note_lines(note: Note, width: int) -> list[str]:
+def _note_lines(note: Note, width: int, matrix: facts.Matrix) -> list[str]:
     lines = [_wrap(note.text, width, "    ", "  * ")]
+    proofs, gaps = matrix_claims(note, matrix)
     proof = list(note.evidence) + [f"matrix check {c} ({matrix_run(c)})" for c in note.checks] + [
-        f"planted bug {b}" for b in note.planted_bugs]
+        f"planted bug {b}" for b in note.planted_bugs] + proofs
     if proof:
         lines.append(_wrap("; ".join(proof), width, "        ", "      proven by: "))
-    if note.gap:
-        lines.append(_wrap(note.gap, width, "        ", "      not yet proven: "))
+    for gap in gaps + ([note.gap] if note.gap else []):
+        lines.append(_wrap(gap, width, "        ", "      not yet proven: "))
     return lines
 
 
@@ -91,13 +188,14 @@ def to_text(topics, *, color: bool = False, width: int | None = None, root: Path
     """Each topic: its summary and notes, then the four snippets one after another."""
     width = width or min(max(shutil.get_terminal_size((100, 24)).columns, 60), 120)
     formatter = TerminalFormatter() if color else None
+    matrix = facts.read_matrix(root=root)
     out: list[str] = []
     for number, (topic, columns) in enumerate(collect(topics, root=root), 1):
         head = f"== {number}. {topic.title} (--topic {topic.key}) "
         out += [head + "=" * max(3, width - len(head)), _wrap(topic.summary, width, ""), "",
                 "Differences that matter:"]
         for note in topic.notes:
-            out += _note_lines(note, width)
+            out += _note_lines(note, width, matrix)
         for package, segs in columns.items():
             for s in segs:
                 label = f"-- {PACKAGES[package]}: {s.file} {s.name}" + (" (used above)" if s.helper else "") + " "
@@ -159,7 +257,7 @@ def _anchor(kind: str, name: str) -> str:
     return f"{kind}-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
 
 
-def _evidence_html(note: Note) -> str:
+def _evidence_html(note: Note, matrix: facts.Matrix) -> str:
     parts = []
     for t in note.evidence:
         parts.append(f'<a class="ev test" href="#{_anchor("test", t)}">{html.escape(t)}</a>')
@@ -167,9 +265,11 @@ def _evidence_html(note: Note) -> str:
         parts.append(f'<a class="ev check" href="#{_anchor("check", c)}">matrix check {html.escape(c)}</a>')
     for b in note.planted_bugs:
         parts.append(f'<a class="ev bug" href="#{_anchor("bug", b)}">planted bug {html.escape(b)}</a>')
+    proofs, gaps = matrix_claims(note, matrix)
+    parts += [f'<a class="ev record" href="#matrix">{html.escape(p)}</a>' for p in proofs]
     out = f'<p class="proof"><span class="tag">proven by</span> {" ".join(parts)}</p>' if parts else ""
-    if note.gap:
-        out += f'<p class="gap"><span class="tag">not yet proven</span> {_inline(note.gap)}</p>'
+    for gap in [html.escape(g) for g in gaps] + ([_inline(note.gap)] if note.gap else []):
+        out += f'<p class="gap"><span class="tag">not yet proven</span> {gap}</p>'
     return out
 
 
@@ -202,6 +302,7 @@ a.ev { display: inline-block; margin: 0.1em 0.25em 0.1em 0; padding: 0 0.4em; bo
 a.ev.test { background: #ddf4ff; }
 a.ev.check { background: #dafbe1; color: #116329; }
 a.ev.bug { background: #ffebe9; color: #a40e26; }
+a.ev.record { background: #fbefff; color: #6e40c9; }
 .columns { display: grid; grid-template-columns: minmax(0, 1fr); gap: 10px; }
 @media (min-width: 760px) { .columns { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
 @media (min-width: 1200px) { .columns { grid-template-columns: repeat(4, minmax(0, 1fr)); } }
@@ -225,10 +326,131 @@ footer { color: #57606a; font-size: 0.85em; padding-bottom: 2em; }
 """
 
 
-def page(topics, *, root: Path = ROOT) -> str:
-    """The whole page: deterministic for a given source tree."""
-    collected = collect(topics, root=root)
+def _head(topics, results: Results) -> list[str]:
+    """From the doctype to the table of contents: the title, what the page is, what it was computed from."""
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">']
+    out += [f'<meta name="nin-idioms-input" content="{html.escape(f)} sha256:{h}">' for f, h in results.inputs.items()]
+    out += [f"<title>{html.escape(TITLE)}</title>", "<style>", CSS.strip(),
+            HtmlFormatter(style=STYLE).get_style_defs(".hl"), "</style>", "</head>", "<body>", "<header>",
+            f"<h1>{html.escape(TITLE)}</h1>",
+            "<p>Network in Network as the <em>Dive into Deep Learning</em> chapter teaches it, written once per "
+            "framework from one spec (<code>common/spec.py</code>). Each topic shows the four implementations side "
+            "by side, <strong>cut from the live source files</strong> (by function, with the module's own helpers "
+            "and constants they use), then the differences that matter, each with the check, test or planted bug "
+            "that proves the suite handles it. Differences no test proves yet say so.</p>",
+            f"<p>Generated by <code>{COMMAND}</code> from <code>idioms/topics.py</code>, with what "
+            f"<code>{facts.MATRIX}</code> and <code>{facts.MUTATION_RESULTS}/*.json</code> hold computed from them; "
+            "<code>tests/test_idioms.py</code> fails when a cited function, test, check or planted bug is gone, "
+            "when a cited planted bug is not caught by the note's checks, or when this page is older than the code "
+            "or the results it shows. The same topics in a terminal: <code>nin idioms --topic block</code>.</p>",
+            "<nav><ol>"]
+    out += [f'<li><a href="#{t.key}">{html.escape(t.title)}</a> <code>--topic {t.key}</code></li>' for t in topics]
+    return out + ['<li><a href="#evidence">The evidence</a></li>', "</ol></nav>", "</header>"]
+
+
+def _topic_html(number: int, topic: Topic, columns: dict[str, list[source.Segment]], matrix: facts.Matrix) -> list[str]:
+    out = [f'<section class="topic" id="{topic.key}">', f"<h2>{number}. {html.escape(topic.title)}</h2>",
+           f'<p class="summary">{_inline(topic.summary)}</p>', '<ul class="notes">']
+    out += [f"<li><p>{_inline(n.text)}</p>{_evidence_html(n, matrix)}</li>" for n in topic.notes]
+    out += ["</ul>", '<div class="columns">']
+    for package, segs in columns.items():
+        out.append(f'<div class="col" data-package="{package}">')
+        out.append(f'<h3>{html.escape(PACKAGES[package])} <span class="pkg">{package}</span></h3>')
+        for s in segs:
+            kind = "used above, " if s.helper else ""
+            out.append(f'<div class="seg"><div class="seg-title"><code>{html.escape(s.name)}</code> '
+                       f'{kind}{html.escape(s.file)}</div>{_code(s.text)}</div>')
+        out.append("</div>")
+    return out + ["</div>", "</section>"]
+
+
+def _tests_html(tests: list[str], by, *, root: Path) -> list[str]:
+    out = ["<h3>Tests</h3>", "<dl>"]
+    for t in tests:
+        ref = source.cited_test(t, root=root)
+        out += [f'<dt id="{_anchor("test", t)}">{html.escape(t)}</dt>',
+                f"<dd>{_inline(ref.doc) + '<br>' if ref.doc else ''}run: <code>pytest "
+                f"'{html.escape(t)}'</code>; cited in {by(t)}</dd>"]
+    return out + ["</dl>"]
+
+
+def _matrix_html(matrix: facts.Matrix) -> list[str]:
+    """What records/matrix.json holds, per compile mode, and how many of its rows failed."""
+    failed = f"{matrix.failed:,} failed" if matrix.failed else "none failed"
+    out = ['<h3 id="matrix">The committed matrix</h3>',
+           f"<p><code>{facts.MATRIX}</code> (written by <code>nin compare --json-out</code>) judges "
+           f"{len(matrix.records)} records in {matrix.rows:,} check rows, against the reference, the spec and each "
+           f"other; {failed}:</p>", "<ul>"]
+    for mode in matrix.values("compile"):
+        held = matrix.holding("compile", mode)
+        failing = sum(1 for r in held if r.failed)
+        out.append(f"<li><code>{html.escape(mode)}</code>: {len(held)} records ({html.escape(describe_records(held))}),"
+                   f" {f'{failing} failing a check' if failing else 'every check passed'}</li>")
+    return out + ["</ul>"]
+
+
+def _checks_html(cited: list[str], by, matrix: facts.Matrix) -> list[str]:
     checks = source.check_names()
+    out = ["<h3>Conformance-matrix checks</h3>",
+           "<p>Judged by <code>nin compare</code> for every record, against the float64 NumPy reference and "
+           "between records, with the error model's bounds (<code>common/tolerances.py</code>); in the tests, "
+           f"by <code>{source.MATRIX_TEST}</code>.</p>", "<dl>"]
+    for c in cited:
+        rows, failed = matrix.check_rows.get(c, (0, 0))
+        held = f"{rows:,} rows in <code>{facts.MATRIX}</code>, " + (f"{failed:,} failed" if failed else "all passed")
+        out += [f'<dt id="{_anchor("check", c)}">{html.escape(c)}</dt>',
+                f"<dd>record keys <code>{html.escape(checks[c])}</code>; {held}; run: "
+                f"<code>{html.escape(matrix_run(c))}</code>; cited in {by(c)}</dd>"]
+    return out + ["</dl>"]
+
+
+def _bugs_intro(mutations: facts.Mutations) -> str:
+    """Where the planted-bug facts come from and how a bug counts as caught, with the counts computed."""
+    run = [b for b in mutations.bugs.values() if b.runs]
+    never = [b.name for b in mutations.bugs.values() if not b.runs]
+    files = ", ".join(f"<code>{html.escape(f)}</code>" for f in mutations.files)
+    missing = f"; not run: {html.escape(', '.join(never))}" if never else ""
+    return (f"<p>Measured by <code>python -m tests.mutations</code> and read from {files}: {mutations.runs} runs "
+            f"of {len(run)} of the {len(mutations.bugs)} planted bugs of <code>{facts.CATALOGUE}</code>{missing}. A "
+            "check catches a planted bug in a run when it fails there while the unmutated backend passes it (or "
+            f"fails it by more than {mutations.over_control:g} times less), as <code>tests/mutations.py</code> "
+            "judges; a note cites a planted bug only where every check it cites catches it in every run, and "
+            "<code>tests/test_idioms.py</code> holds it to that.</p>")
+
+
+def _bugs_html(cited: list[str], by, mutations: facts.Mutations) -> list[str]:
+    out = ["<h3>Planted bugs</h3>", _bugs_intro(mutations)]
+    if not cited:
+        return out + ["<p>No note cites one.</p>"]
+    out.append("<dl>")
+    for name in cited:
+        bug = mutations.bugs[name]
+        runs = ", ".join(f"{r.backend} {r.precision}" for r in bug.runs)
+        files = ", ".join(dict.fromkeys(r.file for r in bug.runs))
+        caught = ", ".join(f"{c} ({ratio_range(*r)})" for c, r in bug.caught_everywhere().items()) or "no check"
+        out += [f'<dt id="{_anchor("bug", name)}">{html.escape(name)}</dt>',
+                f"<dd>{html.escape(bug.what)}<br>caught in every run ({html.escape(runs)}; <code>{html.escape(files)}"
+                f"</code>) by {html.escape(caught)}, as a multiple of the bound; the catalogue requires "
+                f"{html.escape(', '.join(bug.caught_by))}<br>run: <code>{html.escape(bug_run(name))}</code>; "
+                f"cited in {by(name)}</dd>"]
+    return out + ["</dl>"]
+
+
+def _gaps_html(topics, matrix: facts.Matrix) -> list[str]:
+    gaps = [(t, g) for t in topics for n in t.notes
+            for g in [html.escape(x) for x in matrix_claims(n, matrix)[1]] + ([_inline(n.gap)] if n.gap else [])]
+    if not gaps:
+        return []
+    out = ["<h3>Not yet proven</h3>", "<ul>"]
+    out += [f'<li><a href="#{t.key}">{html.escape(t.title)}</a>: {g}</li>' for t, g in gaps]
+    return out + ["</ul>"]
+
+
+def page(topics, *, root: Path = ROOT) -> str:
+    """The whole page: deterministic for a given source tree and given committed results."""
+    collected = collect(topics, root=root)
+    results = Results.read(topics, root=root)
     tests, cited_checks, bugs = _cited(topics)
     cited_by: dict[str, list[Topic]] = {}
     for topic in topics:
@@ -240,73 +462,18 @@ def page(topics, *, root: Path = ROOT) -> str:
     def by(ref: str) -> str:
         return ", ".join(f'<a href="#{t.key}">{html.escape(t.title)}</a>' for t in cited_by.get(ref, []))
 
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{html.escape(TITLE)}</title>", "<style>", CSS.strip(),
-           HtmlFormatter(style=STYLE).get_style_defs(".hl"), "</style>", "</head>", "<body>", "<header>",
-           f"<h1>{html.escape(TITLE)}</h1>",
-           "<p>Network in Network as the <em>Dive into Deep Learning</em> chapter teaches it, written once per "
-           "framework from one spec (<code>common/spec.py</code>). Each topic shows the four implementations side "
-           "by side, <strong>cut from the live source files</strong> (by function, with the module's own helpers "
-           "and constants they use), then the differences that matter, each with the check, test or planted bug "
-           "that proves the suite handles it. Differences no test proves yet say so.</p>",
-           f"<p>Generated by <code>{COMMAND}</code> from <code>idioms/topics.py</code>; "
-           "<code>tests/test_idioms.py</code> fails when a cited function, test or check is gone, or when this "
-           "page is older than the code it shows. The same topics in a terminal: "
-           "<code>nin idioms --topic block</code>.</p>",
-           "<nav><ol>"]
-    out += [f'<li><a href="#{t.key}">{html.escape(t.title)}</a> <code>--topic {t.key}</code></li>' for t in topics]
-    out += ['<li><a href="#evidence">The evidence</a></li>', "</ol></nav>", "</header>", "<main>"]
-
+    out = _head(topics, results) + ["<main>"]
     for number, (topic, columns) in enumerate(collected, 1):
-        out += [f'<section class="topic" id="{topic.key}">', f"<h2>{number}. {html.escape(topic.title)}</h2>",
-                f'<p class="summary">{_inline(topic.summary)}</p>', '<ul class="notes">']
-        out += [f"<li><p>{_inline(n.text)}</p>{_evidence_html(n)}</li>" for n in topic.notes]
-        out += ["</ul>", '<div class="columns">']
-        for package, segs in columns.items():
-            out.append(f'<div class="col" data-package="{package}">')
-            out.append(f'<h3>{html.escape(PACKAGES[package])} <span class="pkg">{package}</span></h3>')
-            for s in segs:
-                kind = "used above, " if s.helper else ""
-                out.append(f'<div class="seg"><div class="seg-title"><code>{html.escape(s.name)}</code> '
-                           f'{kind}{html.escape(s.file)}</div>{_code(s.text)}</div>')
-            out.append("</div>")
-        out += ["</div>", "</section>"]
-
+        out += _topic_html(number, topic, columns, results.matrix)
     out += ['<section class="topic" id="evidence">', "<h2>The evidence</h2>",
-            "<p>Every test and check the notes cite, what it does, and how to run it. Test ids are pytest's "
-            "(a parametrized test by its function name: pytest runs every parameter); each runs against every "
-            "backend given by <code>--backends</code>.</p>", "<h3>Tests</h3>", "<dl>"]
-    for t in tests:
-        ref = source.cited_test(t, root=root)
-        out += [f'<dt id="{_anchor("test", t)}">{html.escape(t)}</dt>',
-                f"<dd>{_inline(ref.doc) + '<br>' if ref.doc else ''}run: <code>pytest "
-                f"'{html.escape(t)}'</code>; cited in {by(t)}</dd>"]
-    out += ["</dl>", "<h3>Conformance-matrix checks</h3>",
-            "<p>Judged by <code>nin compare</code> for every record, against the float64 NumPy reference and "
-            "between records, with the error model's bounds (<code>common/tolerances.py</code>); in the tests, "
-            f"by <code>{source.MATRIX_TEST}</code>.</p>", "<dl>"]
-    for c in cited_checks:
-        out += [f'<dt id="{_anchor("check", c)}">{html.escape(c)}</dt>',
-                f"<dd>record keys <code>{html.escape(checks[c])}</code>; run: <code>{html.escape(matrix_run(c))}"
-                f"</code>; cited in {by(c)}</dd>"]
-    out += ["</dl>", "<h3>Planted bugs</h3>"]
-    if bugs:
-        out.append("<dl>")
-        for b in bugs:
-            ref = source.cited_test(b, root=root)
-            out += [f'<dt id="{_anchor("bug", b)}">{html.escape(b)}</dt>',
-                    f"<dd>{_inline(ref.doc) + '<br>' if ref.doc else ''}run: <code>pytest '{html.escape(b)}'"
-                    f"</code>; cited in {by(b)}</dd>"]
-        out.append("</dl>")
-    else:
-        out.append("<p>None cited yet.</p>")
-    gaps = [(t, n) for t in topics for n in t.notes if n.gap]
-    if gaps:
-        out += ["<h3>Not yet proven</h3>", "<ul>"]
-        out += [f'<li><a href="#{t.key}">{html.escape(t.title)}</a>: {_inline(n.gap)}</li>' for t, n in gaps]
-        out.append("</ul>")
+            "<p>Every test, check and planted bug the notes cite, what it does, and how to run it, and what the "
+            "committed results hold. Test ids are pytest's (a parametrized test by its function name: pytest runs "
+            "every parameter); each runs against every backend given by <code>--backends</code>.</p>"]
+    out += _tests_html(tests, by, root=root) + _matrix_html(results.matrix)
+    out += _checks_html(cited_checks, by, results.matrix) + _bugs_html(bugs, by, results.mutations)
+    out += _gaps_html(topics, results.matrix)
     out += ["</section>", "</main>",
-            f"<footer><p>Regenerate with <code>{COMMAND}</code> after changing a cited function.</p></footer>",
+            f"<footer><p>Regenerate with <code>{COMMAND}</code> after changing a cited function, "
+            f"<code>{facts.MATRIX}</code> or <code>{facts.MUTATION_RESULTS}/*.json</code>.</p></footer>",
             "</body>", "</html>"]
     return "\n".join(out) + "\n"

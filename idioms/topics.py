@@ -10,10 +10,17 @@ A `Note` is one difference that matters, in one sentence, with its evidence:
     evidence      test ids, "tests/<file>.py::<test function>" (a parametrized test by its function name)
     checks        conformance-matrix checks, names in common.tolerances.CHECKS (each judged for every
                   record by `nin compare`, and in the tests by tests/test_backends.py::test_matches_reference)
-    planted_bugs  PLANTED-BUG EVIDENCE GOES HERE: test ids in tests/test_mutations.py, the suite's planted
-                  bugs, once that file has landed (it is being written; nothing cites it yet)
-    gap           what no test proves yet, said plainly on the page (a note with no evidence must say it)
-tests/test_idioms.py fails when a cited test, check or definition does not exist.
+    planted_bugs  planted bugs by their name in tests/mutations.py's catalogue; each must be caught, in every
+                  run that results/mutations/*.json holds of it, by every check the note cites (by some
+                  check where it cites none): the page states what the results measured, never more
+    matrix        "<field>=<value>" (field: backend, compile, precision, device, variant): records the note
+                  leans on; the page says what records/matrix.json holds of them, as proof when they are
+                  there and pass, as "not yet proven" when they are not
+    gap           what no test proves yet, said plainly on the page (a note with no evidence must say it);
+                  a claim about the committed records or results goes in `matrix` or `planted_bugs`, where
+                  it is computed, not here
+tests/test_idioms.py fails when a cited test, check, planted bug or definition does not exist, and when a
+cited planted bug is not caught by the note's checks.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ class Note:
     text: str  # one sentence; `code` in backticks
     evidence: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
-    planted_bugs: tuple[str, ...] = ()  # tests/test_mutations.py ids, once it exists (see the module docstring)
-    gap: str = ""  # what is not proven yet
+    planted_bugs: tuple[str, ...] = ()  # mutant names of tests/mutations.py's catalogue
+    matrix: tuple[str, ...] = ()  # "<field>=<value>": records of the committed matrix the note leans on
+    gap: str = ""  # what is not proven yet (never what a committed file holds: `matrix` computes that)
 
     @property
     def proven(self) -> bool:
@@ -86,31 +94,41 @@ TOPICS: tuple[Topic, ...] = (
             Note("The same arguments have other names: `stride` and `padding` in PyTorch, `strides` in Gluon and "
                  "Keras, pairs `strides=(s, s)`, `padding=((p, p), (p, p))` in Flax, and Gluon fuses the ReLU "
                  "into `Conv2D(activation=\"relu\")`; the contract's `nin_block` has one signature for all four.",
-                 evidence=(M + "test_public_functions_mirror", T + "test_layer_shapes_match_spec")),
+                 evidence=(M + "test_public_functions_mirror", T + "test_layer_shapes_match_spec"),
+                 planted_bugs=("mxnet-wrong-stride", "jax-wrong-padding")),
             Note("PyTorch and Gluon are NCHW with OIHW kernels, Keras and Flax NHWC with HWIO kernels "
                  "(`keras.Input((None, None, in_channels))` puts channels last); the layout is converted only "
                  "at the boundary.",
                  evidence=(C + "test_layout_converters_invert_each_other", T + "test_weights_round_trip"),
-                 checks=("logits",)),
+                 checks=("logits",), planted_bugs=("keras-nchw-reshaped", "jax-nchw-reshaped")),
             Note("Keras's `Conv2D` takes no number for padding, only `\"valid\"` or `\"same\"` (which pads "
                  "(k - 1) // 2 before and the rest after), so the block uses `\"same\"` where that is its padding "
                  "(stride 1, p = (k - 1) / 2: the chapter's 5x5 and 3x3 convs; 17x faster in float64 on JAX, whose "
                  "CPU gradient of a valid conv over a padded input is slow) and `ZeroPadding2D(p)` before a valid "
                  "convolution elsewhere.",
                  evidence=(T + "test_json_spec_builds_and_matches_reference", T + "test_layer_shapes_match_spec"),
-                 checks=("logits",)),
+                 checks=("logits",), planted_bugs=("keras-conv-same-padding",)),
             Note("Batch-norm momentum means opposite things: the spec's is the share of the running statistic "
                  "kept (Gluon, Keras and Flax take it as is), PyTorch's the share replaced, hence "
                  "`momentum=1 - norm.momentum`.",
-                 checks=("running_statistics",)),
+                 checks=("running_statistics",),
+                 planted_bugs=("torch-bn-momentum-inverted", "mxnet-bn-momentum-inverted", "keras-bn-momentum-inverted",
+                               "jax-bn-momentum-inverted")),
             Note("Batch-norm epsilon defaults differ (1e-3 in Keras, 1e-5 in the others), so every block passes "
                  "the spec's `eps`; the logits case runs batch norm in evaluation mode on random running "
                  "statistics, where epsilon shows.",
-                 checks=("logits",)),
-            Note("A convolution followed by batch norm has no bias (`bias=norm is None`, `use_bias=False`), and "
-                 "Flax's `BatchNorm` needs `use_fast_variance=False`: its default E[x^2] - E[x]^2 loses float32 "
-                 "digits, which failed the gradient check on `d2l-bn`.",
-                 evidence=(T + "test_parameter_count_matches_spec",), checks=("gradients",)),
+                 checks=("logits",), planted_bugs=("keras-bn-default-epsilon",)),
+            Note("A convolution followed by batch norm has no bias (`bias=norm is None`, `use_bias=False`): batch "
+                 "norm subtracts it away, so its exact gradient is zero.",
+                 evidence=(T + "test_parameter_count_matches_spec",)),
+            Note("Flax's `BatchNorm` is built with `use_fast_variance=False`, because its default computes the "
+                 "variance as E[x^2] - E[x]^2, which loses float32 digits where the mean is large against the "
+                 "spread.",
+                 gap="`use_fast_variance=True`, planted in the Flax backend with tests/mutations.py's machinery, "
+                     "passes every matrix check in fp32 and fp64: the worst share of a bound goes from 0.22 to 0.45 "
+                     "(gradients) in fp32 and stays at 0.22 in fp64 on the planted-bug case, and goes from 0.33 to "
+                     "0.39 in fp32 and 0.32 to 0.32 in fp64 on `d2l-bn`, so no check tells the two variance "
+                     "formulas apart at these sizes."),
         ),
     ),
     Topic(
@@ -127,11 +145,13 @@ TOPICS: tuple[Topic, ...] = (
             Note("Every output size rounds down, floor((n + 2p - k) / s) + 1: PyTorch's `ceil_mode` and Gluon's "
                  "`pooling_convention=\"full\"` stay off, and the paper's Caffe pools, which round up, are written "
                  "as padding 1 in the spec.",
-                 evidence=(C + "test_floor_rounding_documented", T + "test_layer_shapes_match_spec")),
+                 evidence=(C + "test_floor_rounding_documented", T + "test_layer_shapes_match_spec"),
+                 planted_bugs=("torch-ceil-mode", "mxnet-ceil-mode")),
             Note("A padded max pool pads with -inf in PyTorch, Gluon and Flax but needs `ZeroPadding2D` in Keras "
                  "(its `padding=\"same\"` pads one side only); zeros and -inf agree because the pool's input "
                  "comes out of a ReLU.",
-                 evidence=(T + "test_json_spec_builds_and_matches_reference",), checks=("logits",)),
+                 evidence=(T + "test_json_spec_builds_and_matches_reference",), checks=("logits",),
+                 planted_bugs=("jax-pool-same-padding",)),
             Note("Placement and dtype happen at different moments: PyTorch moves the finished model with "
                  "`.to(device, dtype)`, Gluon initialises on a context and then `cast`s, Keras builds under a "
                  "dtype policy and `keras.device`, Flax creates its parameters under `jax.default_device` with "
@@ -157,11 +177,14 @@ TOPICS: tuple[Topic, ...] = (
             Note("Kernels cross the boundary as OIHW: Keras and Flax transpose their HWIO kernels in "
                  "`to_canonical` and `from_canonical`, PyTorch and Gluon pass theirs through.",
                  evidence=(T + "test_weights_round_trip", C + "test_layout_converters_invert_each_other"),
-                 checks=("gradients",)),
+                 checks=("gradients",),
+                 planted_bugs=("torch-kernel-flipped", "mxnet-kernel-transposed", "keras-kernel-transposed",
+                               "jax-kernel-transposed")),
             Note("Batch norm's four tensors have four sets of names (`gamma`, `beta`, `running_mean`, `running_var` "
                  "in Gluon; `weight`, `bias` in PyTorch; `moving_mean`, `moving_variance` in Keras; `scale`, "
                  "`bias`, `mean`, `var` in Flax), mapped once in `BN_NAMES`.",
-                 evidence=(T + "test_parameter_count_matches_spec",), checks=("logits",)),
+                 evidence=(T + "test_parameter_count_matches_spec",), checks=("logits",),
+                 planted_bugs=("keras-bn-mean-var-swapped", "jax-bn-scale-bias-swapped")),
             Note("Each framework writes in place its own way (`copy_` under `torch.no_grad()`, "
                  "`Parameter.set_data`, `Variable.assign`, `t[...] =` on an `nnx.Variable`), and a tensor of the "
                  "wrong shape, or a missing one, is named before anything is written.",
@@ -178,7 +201,8 @@ TOPICS: tuple[Topic, ...] = (
                  "(`autograd.train_mode()` / `predict_mode()`; `autograd.record()` implies training), an "
                  "argument of each call in Keras (`training=True`; `predict_on_batch` is inference) and "
                  "`model.train()` / `model.eval()` in Flax, which sets every `Dropout`'s `deterministic`.",
-                 evidence=(T + "test_dropout_acts_in_training_only",), checks=("dropout",)),
+                 evidence=(T + "test_dropout_acts_in_training_only",), checks=("dropout",),
+                 planted_bugs=("torch-dropout-in-eval", "mxnet-train-mode-in-eval", "jax-dropout-off-in-training")),
             Note("All four use inverted dropout (a fraction p zeroed, the rest scaled by 1 / (1 - p), the identity "
                  "in evaluation), so a forgotten switch leaves dropout silently off, or on, without changing any "
                  "shape.",
@@ -186,11 +210,12 @@ TOPICS: tuple[Topic, ...] = (
             Note("Masks come from each framework's own random streams (`torch.manual_seed`, `mx.random.seed`, "
                  "each Keras `Dropout` layer's `seed_generator`, `nnx.reseed(model, dropout=seed)`), so they are "
                  "judged statistically, never bit for bit.",
-                 evidence=(T + "test_dropout_acts_in_training_only",), checks=("dropout",)),
+                 evidence=(T + "test_dropout_acts_in_training_only",), checks=("dropout",),
+                 planted_bugs=("mxnet-dropout-keep-prob", "keras-dropout-keep-prob")),
             Note("Running statistics are updated with the unbiased batch variance (n / (n - 1)) in PyTorch and the "
                  "biased one in Gluon, Keras and Flax, and Gluon updates them in the backward pass, so a training "
                  "forward alone leaves them.",
-                 checks=("running_statistics",)),
+                 checks=("running_statistics",), planted_bugs=("jax-running-var-unbiased",)),
         ),
     ),
     Topic(
@@ -202,10 +227,10 @@ TOPICS: tuple[Topic, ...] = (
             Note("Gluon's `SoftmaxCrossEntropyLoss` returns one loss per example, `backward()` sums them and "
                  "`Trainer.step(batch_size)` divides by the batch; PyTorch and Keras (`sum_over_batch_size`) "
                  "average, and optax's per-example loss is averaged by `.mean()`.",
-                 checks=("loss", "gradients", "trajectory")),
+                 checks=("loss", "gradients", "trajectory"), planted_bugs=("torch-loss-sum", "jax-loss-sum")),
             Note("Keras takes `(labels, logits)`, the others `(logits, labels)`, and since every network ends in "
                  "logits Keras needs `from_logits=True` and optax the `_with_integer_labels` variant.",
-                 checks=("loss",)),
+                 checks=("loss",), planted_bugs=("keras-loss-from-probabilities",)),
         ),
     ),
     Topic(
@@ -217,18 +242,22 @@ TOPICS: tuple[Topic, ...] = (
         (
             Note("Momentum has two formulations that agree for a constant learning rate: PyTorch and optax keep "
                  "v = m v + g and step w -= lr v, Gluon and Keras keep v = m v - lr g and step w += v.",
-                 checks=("momentum_trajectory", "momentum_final_weights")),
+                 checks=("momentum_trajectory", "momentum_final_weights"), planted_bugs=("torch-dampened-momentum",)),
             Note("Keras's `weight_decay=` is decoupled (w -= lr wd w, outside the momentum), so `CoupledSGD` leaves "
                  "it off and adds wd w to the gradient, as `torch.optim.SGD(weight_decay=)`, Gluon's `wd` and "
                  "`optax.add_decayed_weights` do.",
-                 checks=("momentum_final_weights", "momentum_trajectory")),
+                 checks=("momentum_final_weights",),
+                 planted_bugs=("keras-decoupled-weight-decay", "jax-weight-decay-after-sgd")),
             Note("Gluon's `Trainer.step(batch_size)` rescales the summed gradient by 1 / batch_size; any other "
                  "number scales every step by it.",
-                 checks=("trajectory",)),
-            Note("Weight decay reaches every trainable tensor in all four (biases and batch norm's gamma and "
-                 "beta too: Gluon's `wd_mult` is 1 everywhere), and Flax's optimizer is limited to `nnx.Param`, "
-                 "so batch statistics are never decayed.",
-                 checks=("momentum_final_weights", "running_statistics")),
+                 checks=("trajectory",), planted_bugs=("mxnet-step-1", "mxnet-mean-loss-step-batch")),
+            Note("Weight decay reaches every trainable tensor in all four, biases and batch norm's gamma and "
+                 "beta too (Gluon's `wd_mult` is 1 everywhere).",
+                 checks=("momentum_final_weights",), planted_bugs=("mxnet-no-wd-on-bias-and-bn",)),
+            Note("Flax's optimizer is limited to `nnx.Param` (`wrt=nnx.Param`), so batch statistics are never "
+                 "decayed.",
+                 gap="no check sees it: the running statistics are recorded after the plain-SGD run, which has no "
+                     "weight decay, and `momentum_final_weights` holds trainable tensors only."),
         ),
     ),
     Topic(
@@ -241,14 +270,15 @@ TOPICS: tuple[Topic, ...] = (
                  "PyTorch wraps the module (`torch.compile`; `nn.Module.compile()` in place in `build`), Keras "
                  "compiles its train and predict steps (`jit_compile=True`), and JAX compiles a pure function "
                  "of the split state (`jax.jit`; `nnx.jit` on the module in `train.py`).",
-                 gap="compiled mode is recorded by `nin conformance --compile compiled` and judged by "
-                     "`nin compare`, but no test runs it and the committed matrix is eager only."),
+                 matrix=("compile=compiled",),
+                 gap="no test runs compiled mode: only records made by `nin conformance --compile compiled`, "
+                     "on the machine that made them, prove it."),
             Note("The first call traces and compiles, so the benchmark times it apart from the warm-up and the "
                  "timed windows.",
                  evidence=(B + "test_timing_loop_counts_windows_and_takes_the_median",)),
             Note("JAX donates the training state (`donate_argnums=0`) so that XLA may update it in place; the "
                  "other three update their parameters in place by design.",
-                 gap="no test measures the memory donation saves; no GPU has run the benchmark yet."),
+                 gap="no test measures the memory donation saves."),
         ),
     ),
     Topic(
@@ -262,7 +292,9 @@ TOPICS: tuple[Topic, ...] = (
                  "`jax_default_matmul_precision=\"highest\"` for XLA; so `configure` runs before the first model "
                  "is built.",
                  evidence=(K + "test_record_says_what_it_tested", B + "test_torch_worker_times_a_tiny_configuration"),
-                 gap="only CPUs have run the suite: on a GPU, TF32 left on would fail the fp32 logits check."),
+                 matrix=("device=gpu",),
+                 gap="TF32 acts only on GPUs, so only records made on one can show it switched off (there, the fp32 "
+                     "logits check would fail with it on)."),
             Note("float64 is the dtype the model is built in for PyTorch (`.to(dtype)`), Gluon (`cast`) and Keras "
                  "(its dtype policy), but JAX also needs the process-wide flag `jax_enable_x64`, set before any "
                  "array exists.",

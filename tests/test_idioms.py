@@ -1,9 +1,12 @@
 """`nin idioms`: the four frameworks side by side, cut from the live source (issue 14).
 
-The topic table (idioms/topics.py) cites backend definitions, tests and matrix checks; these tests fail
-when one of them is gone, when the committed docs/idioms.html is older than the code it shows, and
-when the page does not lay out in a real browser (headless Chromium: skipped, with the reason, where
-none is installed). Nothing here imports a framework.
+The topic table (idioms/topics.py) cites backend definitions, tests, matrix checks and planted bugs;
+these tests fail when one of them is gone, when a cited planted bug is not caught by the note's checks
+in the committed results (results/mutations/*.json, read here on their own, judged by tests/mutations.py),
+when what the page says about records/matrix.json or the planted bugs is not computed from those files,
+when the committed docs/idioms.html is older than the code or the results it shows, and when the page
+does not lay out in a real browser (headless Chromium: skipped, with the reason, where none is
+installed). Nothing here imports a framework.
 """
 
 import ast
@@ -12,11 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
+import mutations
 import pytest
 
 from common import backends
-from idioms import browser, render, source
-from idioms.cli import first_difference
+from idioms import browser, facts, render, source
+from idioms.cli import check, first_difference
 from idioms.topics import PACKAGES, PUBLIC, TOPICS, Cut, Note, Topic
 from nin.cli import main as nin
 
@@ -44,10 +48,12 @@ def test_the_topic_table_covers_every_backend_and_the_issue():
                 f"{topic.key}: a note is one sentence: {note.text!r}"
             assert not any(b.startswith("tests/test_mutations.py") for b in note.evidence), \
                 "planted bugs go in Note.planted_bugs"
+            assert all(b in mutations.CATALOGUE for b in note.planted_bugs), \
+                f"{topic.key}: Note.planted_bugs names mutants of tests/mutations.py: {note.planted_bugs}"
 
 
 def test_committed_page_is_fresh():
-    """docs/idioms.html is exactly what the source gives now."""
+    """docs/idioms.html is exactly what the source and the committed results give now."""
     assert PAGE.exists(), f"{PAGE.relative_to(ROOT)} is missing; {REGENERATE}"
     committed, fresh = PAGE.read_text(encoding="utf-8"), render.page(TOPICS)
     assert committed == fresh, f"docs/idioms.html is stale ({first_difference(committed, fresh)}); {REGENERATE}"
@@ -65,12 +71,15 @@ def test_render_is_deterministic_and_self_contained():
 
 
 def _copy_tree(tmp_path: Path) -> Path:
-    """The backend packages and the test files, as another checkout would have them."""
+    """The backend packages, the test files and the committed results, as another checkout would have them."""
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "tests").mkdir()
     for f in (ROOT / "tests").glob("*.py"):
         shutil.copy(f, tmp_path / "tests" / f.name)
+    for rel in facts.input_files():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
     return tmp_path
 
 
@@ -109,15 +118,16 @@ def test_a_missing_test_or_check_is_named(tmp_path):
     checks = source.check_names()
     note = Note("A difference.", evidence=("tests/test_backends.py::test_no_such_test", "tests/nowhere.py::test_x",
                                            "test_backends.py::test_weights_round_trip"),
-                checks=("no_such_check",), planted_bugs=("tests/test_backends.py::test_weights_round_trip",))
+                checks=("no_such_check",), matrix=("mode=compiled",))
     problems = "\n".join(source.note_problems(note, checks, root=root))
     assert "tests/test_backends.py has no test function 'test_no_such_test'" in problems
     assert "tests/nowhere.py: cannot read it" in problems
     assert "expected tests/<file>.py::<test function>" in problems
     assert "check 'no_such_check' is not a conformance check" in problems
-    assert "planted bug 'tests/test_backends.py::test_weights_round_trip': expected tests/test_mutations.py" in problems
+    assert "matrix 'mode=compiled': expected <field>=<value>, field one of backend, compile" in problems
     assert "no evidence and no stated gap" in "\n".join(source.note_problems(Note("Unproven."), checks, root=root))
     assert not source.note_problems(Note("Unproven.", gap="nothing tests it yet"), checks, root=root)
+    assert not source.note_problems(Note("Leans on records.", matrix=("device=gpu",)), checks, root=root)
     # a renamed test fails the citation too
     test_file = root / "tests" / "test_backends.py"
     test_file.write_text(test_file.read_text().replace("def test_dropout_acts_in_training_only(",
@@ -125,20 +135,155 @@ def test_a_missing_test_or_check_is_named(tmp_path):
     assert any("test_dropout_acts_in_training_only" in p for p in source.verify(TOPICS, root=root))
 
 
-def test_planted_bugs_are_cited_once_tests_test_mutations_exists(tmp_path):
-    """The place for planted-bug evidence works before tests/test_mutations.py lands: here, a stand-in."""
+def _results_entries() -> list[dict]:
+    """Every entry of the committed planted-bug results, read here without idioms.facts."""
+    return [e for f in sorted((ROOT / "results" / "mutations").glob("*.json"))
+            for e in json.loads(f.read_text())["results"]]
+
+
+def test_each_cited_planted_bug_fails_the_notes_checks_in_the_results():
+    """For each note citing a planted bug and a check, every run of that mutant in results/mutations/*.json
+    has that check failing, and tests/mutations.py's verdict counts the run caught (the unmutated backend
+    passes the check in that precision, or fails it by far less); a note citing no check needs the
+    mutant caught in every run."""
+    entries = _results_entries()
+    controls = {(e["backend"], e["precision"]): e for e in entries if e["mutant"] is None}
+    cited = [(t.key, n, b) for t in TOPICS for n in t.notes for b in n.planted_bugs]
+    assert cited, "no note cites a planted bug"
+    for key, note, bug in cited:
+        runs = [e for e in entries if e["mutant"] == bug]
+        assert runs, f"{key}: planted bug {bug!r} has no run in results/mutations/*.json"
+        for e in runs:
+            where = f"{key}: {bug} on {e['backend']} in {e['precision']}"
+            control = controls.get((e["backend"], e["precision"]))
+            assert control is not None and "error" not in e, f"{where}: no control, or the mutant raised"
+            assert mutations.verdict(e, control)[0], f"{where}: {mutations.verdict(e, control)[1]}"
+            failed = {r["check"]: r["ratio"] for r in e["rows"] if not r["passed"]}
+            base = {r["check"]: r["ratio"] for r in control["rows"] if not r["passed"]}
+            for c in note.checks:
+                assert c in failed, f"{where}: the note cites check {c}, which passes (failed: {sorted(failed)})"
+                assert c not in base or failed[c] > mutations.OVER_CONTROL * base[c], \
+                    f"{where}: {c} fails unmutated too ({base.get(c)}x), and the mutant is not far worse"
+
+
+def test_facts_judge_planted_bugs_as_tests_mutations_does():
+    """idioms.facts reads tests/mutations.py with ast (it imports nothing from tests/): the catalogue and
+    the over-control rule it reads, and the runs it counts caught, are tests/mutations.py's own."""
+    catalogue, over = facts.read_catalogue()
+    assert over == mutations.OVER_CONTROL
+    assert catalogue == {m.name: (m.what, m.caught_by) for m in mutations.CATALOGUE.values()}
+    entries = _results_entries()
+    controls = {(e["backend"], e["precision"]): e for e in entries if e["mutant"] is None}
+    for e in entries:
+        if e["mutant"] is not None:
+            control = controls.get((e["backend"], e["precision"]))
+            assert bool(facts.caught_checks(e, control, over)) == mutations.verdict(e, control)[0], e["mutant"]
+    found = facts.read_mutations()
+    assert found.runs == sum(1 for e in entries if e["mutant"] is not None)
+    assert list(found.bugs) == list(mutations.CATALOGUE)
+
+
+def test_a_planted_bug_its_checks_do_not_catch_is_refused(tmp_path):
+    """Cite a check that passes for the mutant, or a mutant that is not in the catalogue or has no run:
+    verify names the bug, the check and the run."""
     root = _copy_tree(tmp_path)
-    (root / "tests" / "test_mutations.py").write_text(
-        'def test_torch_momentum_not_inverted():\n    """PyTorch given the spec\'s momentum as is."""\n')
-    bug = "tests/test_mutations.py::test_torch_momentum_not_inverted"
+    checks, found = source.check_names(), facts.read_mutations(root=root)
+    wrong = Note("Momentum.", checks=("logits",), planted_bugs=("torch-bn-momentum-inverted", "no-such-bug"))
+    problems = "\n".join(source.note_problems(wrong, checks, found, root=root))
+    assert "planted bug 'torch-bn-momentum-inverted': logits does not catch it on torch in fp32" in problems
+    assert "planted bug 'no-such-bug': no such mutant in tests/mutations.py" in problems
+    right = Note("Momentum.", checks=("running_statistics",), planted_bugs=("torch-bn-momentum-inverted",))
+    assert not source.note_problems(right, checks, found, root=root)
     block = next(t for t in TOPICS if t.key == "block")
-    note = Note("Batch-norm momentum means opposite things.", planted_bugs=(bug,))
-    topic = Topic(block.key, block.title, block.summary, block.cuts, (note,))
-    assert not source.verify((topic,), root=root)
-    page = render.page((topic,), root=root)
-    link = re.search(r'<a class="ev bug" href="#([^"]+)">planted bug ' + re.escape(bug) + "</a>", page)
-    assert link and f'<dt id="{link[1]}">{bug}</dt>' in page
-    assert "PyTorch given the spec's momentum as is." in page and "None cited yet." not in page
+    with pytest.raises(source.IdiomsError, match="^topic block: planted bug 'torch-bn-momentum-inverted': logits "):
+        render.page((Topic(block.key, block.title, block.summary, block.cuts, (wrong,)),), root=root)
+    # the results lose every run of it: the citation is refused
+    main = root / "results" / "mutations" / "main.json"
+    doc = json.loads(main.read_text())
+    doc["results"] = [e for e in doc["results"] if e["mutant"] != "torch-bn-momentum-inverted"]
+    main.write_text(json.dumps(doc))
+    assert source.note_problems(right, checks, facts.read_mutations(root=root), root=root) == [
+        "planted bug 'torch-bn-momentum-inverted': no run of it in results/mutations/*.json"]
+    # a note that cites no check needs the bug caught by some check: make every check pass for one
+    for e in doc["results"]:
+        for row in e.get("rows", []) if e["mutant"] == "jax-loss-sum" else []:
+            row["passed"] = True
+    main.write_text(json.dumps(doc))
+    problems = source.note_problems(Note("Loss.", evidence=(), planted_bugs=("jax-loss-sum",)), checks,
+                                    facts.read_mutations(root=root), root=root)
+    assert problems and all("planted bug 'jax-loss-sum': no check catches it on jax in fp" in p for p in problems)
+
+
+def test_a_cited_planted_bug_is_on_the_page_with_what_the_results_measured():
+    page = render.page(TOPICS)
+    assert "None cited yet." not in page
+    found = facts.read_mutations()
+    cited = {b for t in TOPICS for n in t.notes for b in n.planted_bugs}
+    for bug in cited:
+        link = re.search(r'<a class="ev bug" href="#([^"]+)">planted bug ' + re.escape(bug) + "</a>", page)
+        assert link and f'<dt id="{link[1]}">{bug}</dt>' in page, bug
+        entry = page[page.index(f'<dt id="{link[1]}">'):].split("</dd>")[0]
+        runs = found.bugs[bug].runs
+        assert f"caught in every run ({', '.join(f'{r.backend} {r.precision}' for r in runs)};" in entry, entry
+        for name, (low, high) in found.bugs[bug].caught_everywhere().items():
+            assert f"{name} ({render.ratio_range(low, high)})" in entry, (bug, name)
+    assert f"{found.runs} runs of {sum(1 for b in found.bugs.values() if b.runs)} of the {len(found.bugs)}" in page
+
+
+def test_what_the_page_says_of_the_matrix_is_computed_from_it(tmp_path):
+    """Drop the compiled records from a copy of records/matrix.json: the compile note loses its proof and
+    says the matrix holds none; the summary counts what is left."""
+    root = _copy_tree(tmp_path)
+    doc = json.loads((ROOT / facts.MATRIX).read_text())
+    compiled = [r for r in facts.read_matrix().records if r.compile == "compiled"]
+    assert compiled, "the committed matrix holds no compiled record: this test needs one"
+    before = render.page(TOPICS, root=root)
+    assert f"committed matrix: {len(compiled)} records with compile=compiled, every check passed" in before
+    labels = {r.label for r in compiled}
+    doc["checks"] = [c for c in doc["checks"] if c["backend"] not in labels and c["against"] not in labels]
+    doc["compared"] = [c for c in doc["compared"] if c.split(":")[0] not in labels]
+    (root / facts.MATRIX).write_text(json.dumps(doc))
+    after = render.page(TOPICS, root=root)
+    assert "records with compile=compiled" not in after
+    assert "records/matrix.json holds no record with compile=compiled (it holds compile eager)." in after
+    left = facts.read_matrix(root=root)
+    assert f"judges {len(left.records)} records in {left.rows:,} check rows" in after
+    assert len(left.records) + len(compiled) == len(facts.read_matrix().records)
+
+
+def test_a_malformed_results_file_is_named_with_its_field(tmp_path):
+    root = _copy_tree(tmp_path)
+    (root / facts.MATRIX).write_text(json.dumps({"compared": [], "checks": [{"backend": "x"}]}))
+    with pytest.raises(source.IdiomsError, match=r"^records/matrix.json: checks\[0\].passed: expected bool"):
+        facts.read_matrix(root=root)
+    (root / "results" / "mutations" / "bad.json").write_text('{"results": [{"backend": 1}]}')
+    with pytest.raises(source.IdiomsError, match=r"^results/mutations/bad.json: results\[0\].backend: expected str"):
+        facts.read_mutations(root=root)
+
+
+def test_check_names_the_results_that_changed_since_the_page(tmp_path, capsys):
+    """--check compares the hashes the page embeds with the committed results first: a changed, new or
+    removed results file is named in one line, exit 1."""
+    root = _copy_tree(tmp_path)
+    out = tmp_path / "page.html"
+    out.write_text(render.page(TOPICS, root=root))
+    assert check(str(out), root=root) == 0
+    assert render.embedded_inputs(out.read_text()) == facts.input_hashes(root=root)
+    capsys.readouterr()
+    matrix = root / facts.MATRIX
+    matrix.write_text(matrix.read_text() + "\n")
+    assert check(str(out), root=root) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is stale: records/matrix.json changed since it was generated" in err
+    (root / "results" / "mutations" / "gpu.json").write_text('{"results": []}')
+    (root / "results" / "mutations" / "mxnet.json").unlink()
+    assert check(str(out), root=root) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results/mutations/gpu.json is new since" in err
+    assert "results/mutations/mxnet.json was removed since" in err
+    out.write_text(re.sub(r'<meta name="nin-idioms-input"[^>]*>\n', "", out.read_text()))
+    assert check(str(out), root=root) == 1
+    assert "names none of the results it was computed from" in capsys.readouterr().err
 
 
 def test_cuts_bring_their_helpers_and_marked_regions(tmp_path):
