@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import calc, errormodel, weights
+from common import calc, errormodel, provenance, weights
 from common.cases import Cases, as_kernels_see, reference_results
 from common.records import Record, RecordError, read_record
 from common.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
@@ -38,6 +38,7 @@ class Check:
 class Comparison:
     rows: list[Check] = field(default_factory=list)
     compared: list[str] = field(default_factory=list)  # what was compared with what, one line each
+    provenance: dict = field(default_factory=dict)  # when, at which commit, by which command, on which CPU
 
     @property
     def numeric_checks(self) -> int:
@@ -195,6 +196,22 @@ def labels(recs: list[Record]) -> dict[int, str]:
     return {i: t if counts[t] == 1 else f"{base[i]} ({recs[i].path})" for i, t in out.items()}
 
 
+def versions_of(recs: list[Record], names: dict[int, str]) -> dict[str, dict]:
+    """The frameworks' versions the records name, by backend; by record label for the records of a
+    backend whose records name different versions (two versions of one framework compared)."""
+    by_backend: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by_backend.setdefault(r.backend, []).append(i)
+    out = {}
+    for backend, held in by_backend.items():
+        seen = [dict(recs[i].meta.get("versions", {})) for i in held]
+        if all(v == seen[0] for v in seen):
+            out[backend] = seen[0]
+        else:
+            out.update({names[i]: v for i, v in zip(held, seen)})
+    return out
+
+
 def _kind(rec: Record) -> tuple[str, str]:
     """What decides how a record's kernels see the reference (see reference_as_seen)."""
     return rec.meta["hyperparameters"], rec.meta["running_variance"]
@@ -253,6 +270,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             continue
         recs.append(rec)
     names = labels(recs)
+    out.provenance = provenance.collect(versions=versions_of(recs, names))
     for i, r in enumerate(recs):
         out.compared.append(f"{names[i]}: {r.path} ({r.meta['precision']}, {r.meta['device']} "
                             f"{r.meta.get('device_name', '')}, {r.meta['compile']}; "

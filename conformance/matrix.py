@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from common import tables
+from common import provenance, tables
 
 from .compare import Check, Comparison
 
@@ -25,9 +25,11 @@ def _grid(rows: list[Check], key, columns: list[str]) -> list[list[str]]:
 
 
 def render(result: Comparison) -> str:
-    """What was compared, the two matrices, and one line per failure (with the record's path)."""
+    """Where it was made (date, commit, command, CPU and its ISA flags, versions), what was compared,
+    the two matrices, and one line per failure (with the record's path)."""
     rows = result.rows
-    lines = ["Records:"] + [f"  {line}" for line in result.compared]
+    lines = ["Provenance:"] + [f"  {line}" for line in provenance.lines(result.provenance or provenance.collect())]
+    lines += ["", "Records:"] + [f"  {line}" for line in result.compared]
     vs_ref = [r for r in rows if r.against in ("reference", "spec")]
     if vs_ref:
         columns = list(dict.fromkeys(r.backend for r in vs_ref))
@@ -62,5 +64,6 @@ def to_json(result: Comparison) -> dict:
     def clean(x):
         return None if isinstance(x, float) and not np.isfinite(x) else x
 
-    return {"passed": result.passed, "numeric_checks": result.numeric_checks, "compared": result.compared,
+    return {"passed": result.passed, "numeric_checks": result.numeric_checks,
+            "provenance": result.provenance or provenance.collect(), "compared": result.compared,
             "checks": [{k: clean(v) for k, v in asdict(r).items()} for r in result.rows]}

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from common import data, reference, tables, weights
+from common import data, provenance, reference, tables, weights
 from common import spec as specs
 from common.fsio import atomic_write_text
 
@@ -44,7 +44,8 @@ def measure(variant: str, resize: int, images: int, seed: int = 0) -> dict:
             "grad_ratio": {b: float(np.sqrt(gn / wn)) for b, (gn, wn) in blocks.items()}}
 
 
-def render(results: list[dict], command: str) -> str:
+def render(results: list[dict], command: str, *, prov: dict | None = None) -> str:
+    """The Markdown report; `prov` (common.provenance.collect) names the date, commit and machine."""
     out = ["# The signal at the canonical init", "",
            "Float64 reference (`common.reference`), dropout off, Xavier-uniform init of seed 0, the first "
            f"{results[0]['images']} training images.", ""]
@@ -57,6 +58,9 @@ def render(results: list[dict], command: str) -> str:
         out += ["", "Gradient norm / weight norm per block (plain SGD moves a block by lr times this per step): "
                 + ", ".join(f"{b} {v:.3g}" for b, v in r["grad_ratio"].items()) + ".", ""]
     out += ["Command:", "", "```", command, "```", ""]
+    if prov:  # float64 NumPy: the machine changes the last bits at most, not the figures above
+        date, commit, _command, machine, python, _versions = provenance.lines(prov)
+        out += [f"{date}; {commit}.", "", f"{machine}.", "", f"{python}; NumPy {np.__version__}.", ""]
     return "\n".join(out)
 
 
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write this Markdown file")
     args = p.parse_args(argv)
     results = [measure(v, args.resize, args.images) for v in args.variant]
-    text = render(results, "python -m training.init_signal " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python -m training.init_signal " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = render(results, command, prov=provenance.collect(argv=command.split()))
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
