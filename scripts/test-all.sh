@@ -15,6 +15,7 @@ MXVENV=${MXVENV:-.venv-mxnet}
 read -r -a EXTRA <<< "${PYTEST_ARGS:-}"
 
 names=() statuses=() lines=() seconds=()
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 step() {  # step NAME COMMAND...: run it, keep its status, its last pytest/ruff line and its time
   local name=$1; shift
   local log start rc
@@ -60,16 +61,13 @@ if [ -n "${TEST_REPORT:-}" ]; then
   {
     echo "# make test, measured"
     echo
-    echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "- commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-    echo "- command: \`make test\` (scripts/test-all.sh${PYTEST_ARGS:+, PYTEST_ARGS=$PYTEST_ARGS})"
-    echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs," \
-         "$(grep -m1 MemTotal /proc/meminfo | awk '{printf "%.0f GiB", $2 / 1048576}')"
-    echo "- CPU family/model: $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ')" \
-         "/ $(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | tr -d ' ');" \
-         "ISA flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_fp16|amx_tile|amx_bf16)$' | tr '\n' ' ')"
-    echo "- Python: $("$VENV/bin/python" -V 2>&1 | cut -d' ' -f2)"
-    echo "- data: $("$VENV/bin/nin" data --no-download 2>&1 | tail -n 1)"
+    "$VENV/bin/python" -c 'import sys
+from common import provenance as p
+for line in p.lines(p.collect(argv=sys.argv[1:]))[:-1]:
+    print("- " + line)' make test "${PYTEST_ARGS:+PYTEST_ARGS=$PYTEST_ARGS}"
+    echo "- Memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo);" \
+         "load average when it started: $load_before; when it ended: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- Data: $("$VENV/bin/nin" data --no-download 2>&1 | tail -n 1)"
     echo
     echo '```'
     echo "$summary"
