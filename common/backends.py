@@ -1,16 +1,22 @@
-"""The backends, as data: what users type, which package implements it, what it needs, where it runs.
+"""The backends, as data, and the contract each backend package fulfils, as code.
 
-Nothing here imports or loads a backend: the drivers (conformance, benchmarks, training) start
-each backend in its own process with the interpreter and environment named here
-(harness.processes), and that process imports the backend's package. What every backend package
-provides, function by function, is the contract in docs/architecture.md; tests/test_mirror.py
-holds the four packages to it.
+BACKENDS: what users type, which package implements it, what it needs, where it runs. Nothing here
+imports or loads a backend: the drivers (conformance, benchmarks, training) start each backend in
+its own process with the interpreter and environment named here (harness.processes), and that
+process imports the backend's package.
+
+CONTRACT: what every backend package provides, module by module, as typing.Protocols (a module
+satisfies a Protocol by its module-level names, PEP 544): each function's signature, in order,
+with its meaning in one line. tests/test_mirror.py holds every registered package to it (names,
+order, parameters), and harness.processes.load refuses a module that lacks a name of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: where the environments live
 
@@ -49,3 +55,143 @@ def get(name: str) -> Backend:
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name]
+
+
+# --- the contract ------------------------------------------------------------------------------
+# Types are Any where the framework's own types go (a module, a tensor, an optimizer): the contract
+# is about names, order and meaning; each package annotates with its framework's types.
+class ModelModule(Protocol):
+    """model.py: the network from the spec, canonical weights in and out, the forward pass."""
+
+    FRAMEWORK: str  # the framework's name, as records show it
+    RUNNING_VARIANCE: str  # "unbiased" or "biased": which variance batch norm keeps as its running one
+    HYPERPARAMETERS: str  # "exact", or "float32" when the kernels take lr, momentum... as 32-bit floats
+    BN_NAMES: Any  # the framework's names of batch norm's four tensors, by canonical suffix
+
+    def nin_block(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,
+                  mlp: tuple = (), relu_last: bool = True, norm: Any = None) -> Any:
+        """The chapter's block: a k x k conv, then 1x1 convs, each followed by ReLU (batch norm between)."""
+
+    def default_device(self, device: str | None = None) -> Any:
+        """The framework's device for "cpu" or "gpu" (None: the GPU when there is one); raises without it."""
+
+    def build(self, spec: Any, *, device: str | None = None, dtype: str = "float32", compiled: bool = False) -> Any:
+        """The network of a NetSpec, one framework layer per spec layer; compiled: the framework's compiler."""
+
+    def canonical_tensors(self, model: Any) -> dict:
+        """Canonical name -> the model's own parameter or buffer."""
+
+    def to_canonical(self, name: str, value: Any) -> Any:
+        """A parameter, buffer or gradient as canonical NumPy (OIHW)."""
+
+    def from_canonical(self, name: str, value: Any) -> Any:
+        """A canonical NumPy array in the framework's layout."""
+
+    def load_weights(self, model: Any, weights: Any, source: str = "weights") -> None:
+        """Canonical weights into the model; a missing or misshapen tensor names `source` and the tensor."""
+
+    def export_weights(self, model: Any) -> dict:
+        """Every parameter and buffer as canonical NumPy."""
+
+    def device_of(self, model: Any) -> Any:
+        """Where the model's parameters live."""
+
+    def to_input(self, model: Any, images: Any) -> Any:
+        """NCHW float images as the model's input: on its device, in its dtype and layout."""
+
+    def forward(self, model: Any, images: Any, *, training: bool = False, seed: int = 0) -> Any:
+        """Logits for NCHW images; training: dropout drops (seeded) and batch norm uses batch statistics."""
+
+    def layer_shapes(self, model: Any, images: Any) -> list:
+        """The output shape (C, H, W or features) of every spec layer, in canonical order."""
+
+
+class TrainModule(Protocol):
+    """train.py: the loss, the optimizer and one training step; the numerics switches; versions."""
+
+    PRECISIONS: tuple  # the precisions configure() accepts
+
+    def cross_entropy(self, logits: Any, labels: Any) -> Any:
+        """Mean softmax cross-entropy over the batch, the framework's own."""
+
+    def make_optimizer(self, model: Any, config: Any) -> Any:
+        """SGD in the suite's form: g += wd * w; v = m * v + g; w -= lr * v."""
+
+    def loss_and_grads(self, model: Any, images: Any, labels: Any) -> tuple:
+        """(mean loss, canonical gradient of every trainable tensor), training mode."""
+
+    def train_step(self, model: Any, optimizer: Any, images: Any, labels: Any) -> float:
+        """One step: forward, backward, optimizer update; the batch's mean loss."""
+
+    def configure(self, device: str = "cpu", precision: str = "fp32") -> dict:
+        """Process-wide numerics for a precision (fp32: no TF32, deterministic); what was set."""
+
+    def float64_limits(self) -> dict:
+        """Operations that compute below float64 in fp64 mode, each with its reason ({} for none)."""
+
+    def device_name(self, device: str) -> str:
+        """The device's name for records (the GPU's model, the CPU's)."""
+
+    def versions(self) -> dict:
+        """The framework's and its libraries' versions, for records and results."""
+
+
+class LoopModule(Protocol):
+    """loop.py: the framework's own training loop around the model (nin train)."""
+
+    def make_trainer(self, spec: Any, lrs: Any, *, momentum: float, weight_decay: float, device: str,
+                     compile: str) -> Any:
+        """The model and its optimizer for a run whose step k uses learning rate lrs[k]."""
+
+    def load_state(self, trainer: Any, weights: dict, optimizer: dict, step: int) -> None:
+        """Canonical weights, momentum buffers ("momentum/<name>") and the step count into the trainer."""
+
+    def export_state(self, trainer: Any) -> tuple:
+        """(canonical weights, optimizer state, steps done): what a checkpoint holds."""
+
+    def train_epoch(self, trainer: Any, images: Any, labels: Any, *, batch_size: int, dropout_seed: int,
+                    progress: Callable) -> None:
+        """One pass over uint8 images in the epoch's order; progress(n, mean loss, correct) per batch."""
+
+    def evaluate(self, trainer: Any, images: Any, labels: Any, *, batch_size: int) -> dict:
+        """Mean loss, accuracy and the share of all-non-positive logits, dropout off."""
+
+
+class BenchModule(Protocol):
+    """bench.py: what only the framework knows about timing it."""
+
+    def make_step(self, spec: Any, *, mode: str, batch_size: int, precision: str, compile: str, device: str) -> Any:
+        """(step, settings): step() runs one training or inference step on a fixed batch."""
+
+    def synchronize(self, device: str, result: Any = None) -> None:
+        """Wait until the device has finished every step queued so far."""
+
+    def reset_peak_memory(self, device: str) -> None:
+        """Start counting the device's peak memory afresh."""
+
+    def peak_memory_bytes(self, device: str) -> int | None:
+        """The device's peak memory since the reset, or None where the framework cannot tell."""
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """Whether an exception means the device ran out of memory."""
+
+
+CONTRACT: dict[str, type] = {"model": ModelModule, "train": TrainModule, "loop": LoopModule, "bench": BenchModule}
+
+
+def packages() -> list[str]:
+    """The backend packages, each once, in the registry's order (Keras's three backends share nin_tf)."""
+    return list(dict.fromkeys(b.package for b in BACKENDS.values()))
+
+
+def contract_names(module: str) -> list[str]:
+    """The names a backend module must define: constants first, then functions, in contract order."""
+    protocol = CONTRACT[module]
+    constants = list(getattr(protocol, "__annotations__", {}))
+    functions = [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
+    return constants + functions
+
+
+def missing_names(module: str, loaded: Any) -> list[str]:
+    """The contract's names that a loaded backend module lacks."""
+    return [n for n in contract_names(module) if not hasattr(loaded, n)]

@@ -1,14 +1,18 @@
-"""The four backends mirror each other: the same files, the same public functions in the same order,
-with the same parameter names; and the layering rules hold. Read from the source (AST): no framework
-is imported, so this runs in every environment."""
+"""Every registered backend package fulfils the contract of common/backends.py (CONTRACT: the same
+files, the same public functions in the same order, with the same parameter names, and the same
+constants), so the packages mirror each other; and the layering rules hold. Read from the source
+(AST): no framework is imported, so this runs in every environment."""
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
+from common import backends
+
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("nin_torch", "nin_tf", "nin_jax", "nin_mxnet")
+PACKAGES = backends.packages()  # every registered backend package: none escapes the contract
 # Keyword-only parameters that only one framework's idiom needs, each with its reason.
 EXTRAS = {
     ("nin_jax", "nin_block"): {"rngs", "dtype", "param_dtype"},  # Flax modules take their RNG streams and dtypes
@@ -26,34 +30,65 @@ def public_functions(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+def module_constants(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def contract_functions(module: str) -> list[tuple[str, list[str]]]:
+    """(name, parameters with "*" before the keyword-only ones) of the contract's functions, in order."""
+    out = []
+    for name in backends.contract_names(module):
+        fn = getattr(backends.CONTRACT[module], name, None)
+        if not callable(fn):
+            continue
+        params = list(inspect.signature(fn).parameters.values())[1:]  # without self
+        positional = [p.name for p in params if p.kind != p.KEYWORD_ONLY]
+        out.append((name, positional + ["*"] + [p.name for p in params if p.kind == p.KEYWORD_ONLY]))
+    return out
+
+
 def _without_extras(package: str, functions):
     return [(name, [p for p in params if p not in EXTRAS.get((package, name), set())]) for name, params in functions]
 
 
 def test_backends_have_the_same_files():
-    files = {pkg: sorted(p.name for p in (ROOT / pkg).glob("*.py")) for pkg in BACKENDS}
-    first = files[BACKENDS[0]]
+    files = {pkg: sorted(p.name for p in (ROOT / pkg).glob("*.py")) for pkg in PACKAGES}
+    first = files[PACKAGES[0]]
     assert all(f == first for f in files.values()), files
+    assert {f"{m}.py" for m in backends.CONTRACT} <= set(first), (first, list(backends.CONTRACT))
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in (ROOT / BACKENDS[0]).glob("*.py") if p.name != "__init__.py"))
-def test_public_functions_mirror(module):
-    reference = _without_extras(BACKENDS[0], public_functions(ROOT / BACKENDS[0] / module))
-    assert reference, f"{BACKENDS[0]}/{module} has no public function"
-    for pkg in BACKENDS[1:]:
-        mine = _without_extras(pkg, public_functions(ROOT / pkg / module))
-        assert [n for n, _ in mine] == [n for n, _ in reference], \
-            f"{pkg}/{module} defines {[n for n, _ in mine]}, {BACKENDS[0]} {[n for n, _ in reference]}"
-        for (name, params), (_, want) in zip(mine, reference):
-            assert params == want, f"{pkg}/{module}: {name}{tuple(params)} differs from {BACKENDS[0]}'s {tuple(want)}"
+@pytest.mark.parametrize("module", list(backends.CONTRACT))
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_registered_package_fulfils_the_contract(package, module):
+    """The contract's functions, in its order, with its parameter names (common/backends.py), and
+    its constants; a package's other public functions are not allowed either: what one backend
+    offers, all do."""
+    path = ROOT / package / f"{module}.py"
+    want = contract_functions(module)
+    mine = _without_extras(package, public_functions(path))
+    assert [n for n, _ in mine] == [n for n, _ in want], \
+        f"{package}/{module}.py defines {[n for n, _ in mine]}; the contract (common/backends.py) {[n for n, _ in want]}"
+    for (name, params), (_, expected) in zip(mine, want):
+        assert params == expected, f"{package}/{module}.py: {name}{tuple(params)}, the contract's {tuple(expected)}"
+    constants = [n for n in backends.contract_names(module) if n not in dict(want)]
+    missing = [c for c in constants if c not in module_constants(path)]
+    assert not missing, f"{package}/{module}.py lacks the contract's constants {missing}"
 
 
-def test_a_renamed_function_breaks_the_mirror(tmp_path):
+def test_a_renamed_function_breaks_the_contract(tmp_path):
     """The test above can fail: rename one public function in a copy of one backend's model.py."""
     text = (ROOT / "nin_jax" / "model.py").read_text().replace("def layer_shapes(", "def layer_sizes(")
     (tmp_path / "model.py").write_text(text)
     renamed = [n for n, _ in public_functions(tmp_path / "model.py")]
-    assert renamed != [n for n, _ in public_functions(ROOT / "nin_torch" / "model.py")]
+    assert renamed != [n for n, _ in contract_functions("model")]
+    assert "layer_shapes" in backends.missing_names("model", type("M", (), dict.fromkeys(renamed)))
 
 
 def _imports(path: Path):
