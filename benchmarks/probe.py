@@ -5,8 +5,8 @@
 prints one JSON object as the last line of stdout (harness.processes.call reads it): "status" ("ok";
 "skipped" when the framework is not installed for this interpreter; "error" when the backend cannot
 even be imported), "versions", "device_name" (or "device_error"), "checks" (name -> true / false /
-a value) and "problems": one sentence per missing API, naming what it breaks. The GPU session
-(benchmarks.gpu_session) runs it first for every backend, so that a framework version without an API
+a value) and "problems": one sentence per missing API, naming what it breaks. The GPU session (`python -m gpu`)
+runs it first for every backend, so that a framework version without an API
 the suite uses is named before any record or benchmark is attempted: the lent GPU machines run other
 versions than the development machines (PyTorch 2.11 against 2.13, JAX 0.11 against 0.10).
 """

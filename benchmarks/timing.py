@@ -1,8 +1,12 @@
 """The one timing loop every backend is measured with.
 
 The first step is timed alone (it includes tracing and compilation), then `warmup` untimed steps,
-then `windows` timed windows of `steps` steps each, the device synchronised before and after each
-window: a window's time covers the device's work, not just the queueing of it.
+then `windows` timed windows of `steps` steps each. The clock is the host's (time.perf_counter), read
+with the device idle at both ends: the backend's synchronize waits for the last warm-up step before
+the first window (JAX dispatches asynchronously: its queue would otherwise spill into that window),
+and for each window's last step before the clock is read again (torch.cuda.synchronize; JAX's
+block_until_ready on the step's outputs). A window's time thus covers the device's work for exactly
+its steps, and the host's time to queue them.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ def measure(step: Callable[[], object], synchronize: Callable[[object], None], *
         return time.perf_counter() - start
 
     first = timed(1)
+    out = None
     for _ in range(warmup):
-        step()
+        out = step()
+    synchronize(out)  # nothing of the warm-up may still run when the first window starts
     seconds = [timed(steps) for _ in range(windows)]
     rates = [batch_size * steps / s for s in seconds]
     median = statistics.median(rates)

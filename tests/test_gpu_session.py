@@ -1,15 +1,17 @@
-"""The GPU session's driver and the offline bundle, without a GPU and without network.
+"""The GPU session (gpu/) and its bundle, without a GPU and without network.
 
-The plan is checked against what issue 13 asks; the step runner with real subprocesses (a failure,
-a time-out that must stop a worker's worker too, a success, the budget); the report and `collect`
-with hand-made results; the wheelhouse's pins, commands and an install from a wheel made here; and
-the whole dry run on the CPU with one backend. The one test that downloads from PyPI skips when PyPI
-cannot be reached.
+The plan against the order of value; the step runner with real subprocesses (a failure, a time-out that
+must stop a worker's worker too, the budget); the whole order driven by an injected clock with no
+process at all (the deadline logic, every skip message, the files in OUT and their limits); the report,
+`collect` and the bundle's parts; the timing loop's synchronisation; and the whole dry run on the CPU
+from a bundle made here. No test depends on the machine's speed: the clock is fake, or the budgets are
+far beyond what any machine takes. The one test that downloads from PyPI skips when PyPI cannot be reached.
 """
 
 import base64
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -22,95 +24,83 @@ from pathlib import Path
 import pytest
 from conftest import HANG_S
 
-from benchmarks import gpu_session as gs
-from benchmarks import report
-from common import data
-from harness import wheelhouse as wh
+from benchmarks import timing
+from common import data, weights
+from common import spec as specs
+from gpu import bundle, order, plan, report, wheels
+from gpu.session import Session
+from training import recipe, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.main_env  # nothing here depends on the environment: run once, in the main one
 
 
-# --- the plan --------------------------------------------------------------------------------------
 def _cfg(tmp_path, **kw):
-    return gs.Config(out=tmp_path / "out", work=tmp_path / "work", **kw)
+    return plan.Config(out=tmp_path / "out", work=tmp_path / "work", wheelhouse=tmp_path / "whl", **kw)
 
 
 def _opt(cmd, flag):
     return cmd[cmd.index(flag) + 1]
 
 
-def test_plan_records_every_gpu_backend_strict_and_fast_and_their_cpu_counterparts(tmp_path):
-    plan = gs.plan(_cfg(tmp_path))
-    assert [s.meta["backend"] for s in plan["probe"]] == ["torch", "jax", "keras-jax", "keras-torch"]
-    assert all(_opt(s.cmd, "--device") == "gpu" for s in plan["probe"])
-    lanes = plan["records"]
-    assert set(lanes) == {"torch", "jax", "keras-jax", "keras-torch"}
-    for backend, lane in lanes.items():
-        assert [_opt(s.cmd, "--precision") for s in lane] == ["fp32", "fast"]  # strict first
-        assert {_opt(s.cmd, "--backend") for s in lane} == {backend}
-        for s in lane:
-            assert s.cmd[2:4] == ["nin.cli", "record"] and _opt(s.cmd, "--device") == "gpu"
-            assert s.cmd[s.cmd.index("--variant") + 1:s.cmd.index("--out")] == ["d2l", "paper", "d2l-bn"]
-            assert s.env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # lanes share the GPU
-    background = plan["background"]
-    models = {(s.meta["variant"], s.meta["precision"]) for s in background if s.phase == "reference"}
-    assert models == {(v, p) for v in ("d2l", "paper", "d2l-bn") for p in ("fp32", "fast")}
-    cpu = [s for s in background if s.phase == "cpu-record"]
-    assert {_opt(s.cmd, "--backend") for s in cpu} == {"torch", "jax"}
-    assert all(_opt(s.cmd, "--device") == "cpu" and s.env["CUDA_VISIBLE_DEVICES"] == "" and s.background
-               for s in cpu)
+# --- the plan ------------------------------------------------------------------------------------------
+def test_the_plan_puts_the_headline_first_then_records_grid_and_training(tmp_path):
+    steps = plan.plan(_cfg(tmp_path))
+    assert list(steps) == ["headline", "records", "grid", "train"]
+    peak, *head = steps["headline"]
+    assert peak.cmd[2:] == ["benchmarks.probe", "--backend", "torch", "--device", "gpu"]  # the measured peak
+    assert [_opt(s.cmd, "--backend") for s in head] == ["torch", "jax", "keras-jax", "keras-torch"]
+    for s in head:  # the issue's roof: training, bf16, compiled, batch 256, one number per backend
+        assert [_opt(s.cmd, f) for f in ("--mode", "--precision", "--compile", "--batch-size", "--device")] == \
+            ["train", "bf16", "compiled", "256", "gpu"]
+    records = [s for s in steps["records"] if s.phase == "record"]
+    assert [(_opt(s.cmd, "--backend"), _opt(s.cmd, "--precision")) for s in records] == \
+        [(b, p) for b in ("torch", "jax", "keras-jax", "keras-torch") for p in ("fp32", "fast")]
+    assert all(s.cmd[s.cmd.index("--variant") + 1:s.cmd.index("--out")] == ["d2l", "paper", "d2l-bn"] for s in records)
+    references = [s for s in steps["records"] if s.phase == "reference"]
+    assert [_opt(s.cmd, "--variant") for s in references] == ["d2l", "paper", "d2l-bn"]
+    assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" and s.background for s in references)  # the CPU's work
+    train = steps["train"]
+    assert [(_opt(s.cmd, "--backend"), _opt(s.cmd, "--compile")) for s in train] == [("torch", "eager"),
+                                                                                     ("jax", "compiled")]
+    for s in train:
+        assert [_opt(s.cmd, f) for f in ("--variant", "--recipe", "--device", "--precision")] == \
+            ["d2l", "tuned", "gpu", "fast"]
+        assert "--resize" not in s.cmd and "--epochs" not in s.cmd  # the recipe's 224x224 and 20 epochs
+        assert float(_opt(s.cmd, "--timeout")) < s.timeout  # `nin train` stops itself, keeping its checkpoint
 
 
-def test_plan_benchmarks_the_whole_sweep_most_wanted_first(tmp_path):
-    steps = gs.plan(_cfg(tmp_path))["bench"]
-    first = steps[:4]
-    assert {_opt(s.cmd, "--backend") for s in first} == {"torch", "jax", "keras-jax", "keras-torch"}
-    for s in first:  # the issue's roof: training, bf16, compiled, batch 256
-        assert (_opt(s.cmd, "--mode"), _opt(s.cmd, "--precision"), _opt(s.cmd, "--compile"),
-                _opt(s.cmd, "--batch-size")) == ("train", "bf16", "compiled", "256")
-    verified = {_opt(s.cmd, "--backend") for s in steps if "--verify" in s.cmd}
-    assert verified == {"torch", "jax"} and all("--verify" not in s.cmd for s in steps[4:])
-    covered = set()
-    for s in steps:
-        assert _opt(s.cmd, "--device") == "gpu" and _opt(s.cmd, "--variant") == "d2l"
-        sizes = s.cmd[s.cmd.index("--batch-size") + 1:s.cmd.index("--device")]
-        covered |= {(_opt(s.cmd, "--backend"), _opt(s.cmd, "--mode"), _opt(s.cmd, "--precision"),
-                     _opt(s.cmd, "--compile"), int(n)) for n in sizes}
-    wanted = {(b, m, p, c, n) for b in ("torch", "jax", "keras-jax", "keras-torch") for m in ("train", "infer")
-              for p in ("fp32", "bf16") for c in ("eager", "compiled") for n in (64, 256, 512)}
+def test_the_grid_covers_the_sweep_and_checks_the_headline_s_clock(tmp_path):
+    steps = plan.plan(_cfg(tmp_path))["grid"]
+    headline = plan.plan(_cfg(tmp_path))["headline"][1:]
+    verified = [s for s in steps if "--verify" in s.cmd]
+    assert {_opt(s.cmd, "--backend") for s in verified} == {"torch", "jax"} and steps[:2] == verified
+    assert all(_opt(s.cmd, "--batch-size") == "256" and _opt(s.cmd, "--precision") == "bf16" for s in verified)
+    covered = {(_opt(s.cmd, "--backend"), _opt(s.cmd, "--mode"), _opt(s.cmd, "--precision"), _opt(s.cmd, "--compile"),
+                int(n)) for s in headline + steps for n in s.cmd[s.cmd.index("--batch-size") + 1:s.cmd.index("--device")]}
+    wanted = {(b, m, p, c, n) for b in plan.BACKENDS for m in ("train", "infer") for p in ("fp32", "bf16")
+              for c in ("eager", "compiled") for n in (64, 256, 512)}
     assert wanted <= covered
-    names = [s.name for s in steps]
-    assert len(names) == len(set(names))
+    assert len({s.name for s in steps}) == len(steps)
 
 
-def test_dry_run_plan_is_the_cpu_with_a_tiny_network(tmp_path):
-    cfg = gs.dry_run_config(tmp_path / "out", tmp_path / "work")
-    plan = gs.plan(cfg)
-    assert cfg.device == "cpu" and cfg.variants == (str(tmp_path / "work" / "tiny.json"),)
-    assert not [s for s in plan["background"] if s.phase == "cpu-record"]  # the records are CPU ones already
-    assert all(_opt(s.cmd, "--batch-size") == "2" and _opt(s.cmd, "--device") == "cpu" for s in plan["bench"])
+def test_the_dry_run_is_the_cpu_with_a_tiny_network(tmp_path):
+    cfg = plan.dry_run_config(tmp_path / "out", tmp_path / "work")
+    steps = [s for phase in plan.plan(cfg).values() for s in phase]
+    assert cfg.variants == (str(tmp_path / "work" / "tiny.json"),)
+    assert all(_opt(s.cmd, "--device") == "cpu" for s in steps if "--device" in s.cmd)
+    assert all(_opt(s.cmd, "--variant") == cfg.variants[0] for s in steps if "--variant" in s.cmd)
 
 
-def test_train_uses_what_nin_train_offers(tmp_path):
+def test_a_carried_run_is_resumed_with_its_own_settings(tmp_path):
     cfg = _cfg(tmp_path)
-    assert gs.train_step(cfg, None, 60) is None  # no such command
-    help_text = "usage: nin train [--backend NAME] [--recipe NAME] [--device {cpu,gpu}] [--time-limit S]"
-    step = gs.train_step(cfg, help_text, 60)
-    assert step.cmd[2:4] == ["nin.cli", "train"]
-    assert _opt(step.cmd, "--recipe") == "tuned" and _opt(step.cmd, "--time-limit") == "60"
-    assert "--precision" not in step.cmd  # not offered, not passed
-    without = gs.train_step(cfg, "usage: nin train [--backend NAME]", 60)
-    assert not any(f in without.cmd for f in gs.TIME_LIMIT_FLAGS) and without.timeout == 90  # its own limit stops it
-    real = gs.train_step(cfg, subprocess.run([sys.executable, "-m", "nin.cli", "train", "--help"], cwd=ROOT,
-                                             capture_output=True, text=True).stdout or None, 60)
-    if real is not None:  # `nin train` exists in this checkout: its own time limit and options are used
-        assert _opt(real.cmd, "--timeout") == "60" and _opt(real.cmd, "--backend") == "torch"
-    given = gs.train_step(gs.Config(out=tmp_path, work=tmp_path, train_args="--backend jax --epochs 1"), help_text, 60)
-    assert given.cmd[4:] == ["--backend", "jax", "--epochs", "1"]
+    step = plan.train_step(cfg, "torch", seconds=100, resume=True)
+    assert "--resume" in step.cmd and "--recipe" not in step.cmd and "--variant" not in step.cmd
+    assert _opt(step.cmd, "--out") == str(plan.train_dir(cfg, "torch"))
+    assert plan.carried_run(cfg, "jax") == tmp_path / "whl" / "train" / "jax"
 
 
-# --- running steps ----------------------------------------------------------------------------------
+# --- running steps for real ------------------------------------------------------------------------------
 def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
@@ -127,179 +117,246 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_failure_and_a_time_out_are_recorded_and_the_session_goes_on(tmp_path):
-    s = gs.Session(_cfg(tmp_path, budget=3600, reserve=1))
+    s = Session(_cfg(tmp_path, budget=3600, reserve=1))
     pidfile = tmp_path / "grandchild.pid"
     # The step and its worker never end by themselves (signal.pause), so the step times out whatever
     # the machine's speed; its 20 s only have to cover starting two Pythons.
     grandchild = ("import signal, subprocess, sys; "
                   "p = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()']); "
                   f"open({str(pidfile)!r}, 'w').write(str(p.pid)); signal.pause()")
-    failed = s.run_step(gs.Step("fails", "bench", _py("import sys; print('boom'); sys.exit(3)"), timeout=600))
-    slow = s.run_step(gs.Step("hangs", "record", _py(grandchild), timeout=20))
-    fine = s.run_step(gs.Step("works", "bench", _py("print('{\"ok\": 1}')"), timeout=600))
+    failed = s.run_step(plan.Step("fails", "grid", _py("import sys; print('boom'); sys.exit(3)"), timeout=600))
+    slow = s.run_step(plan.Step("hangs", "record", _py(grandchild), timeout=20))
+    fine = s.run_step(plan.Step("works", "grid", _py("print('{\"ok\": 1}')"), timeout=600))
     assert (failed.status, failed.rc) == ("failed", 3) and "boom" in failed.reason
     assert slow.status == "timeout"
     pid = int(pidfile.read_text())
     while _alive(pid):  # the step's own worker is stopped with it (a hang here is the failure)
         time.sleep(0.1)
     assert fine.status == "ok" and s.last_json(fine) == {"ok": 1}
-    out = tmp_path / "out"
-    doc = json.loads((out / "session.json").read_text())
+    doc = json.loads((tmp_path / "out" / "session.json").read_text())
     assert [(st["name"], st["status"]) for st in doc["steps"]] == [("fails", "failed"), ("hangs", "timeout"),
                                                                    ("works", "ok")]
-    assert "| hangs | timeout |" in (out / "summary.md").read_text()
-    with tarfile.open(out / "results.tar.gz") as tar:
-        assert {"logs/fails.log", "logs/hangs.log", "logs/works.log"} <= set(tar.getnames())
-    assert "start hangs" in (out / "session.log").read_text()
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"logs/fails.log", "logs/hangs.log", "logs/works.log", "session.log"} <= names
 
 
-def test_the_budget_skips_what_cannot_fit(tmp_path):
-    s = gs.Session(_cfg(tmp_path, budget=10, reserve=8))
-    late = s.run_step(gs.Step("late", "bench", _py("print(1)"), timeout=30))
-    assert late.status == "skipped" and late.reason.startswith("budget")
-    s = gs.Session(_cfg(tmp_path, budget=100, reserve=1))
-    big = s.run_step(gs.Step("big", "bench", _py("print(1)"), timeout=30, estimate=500))
-    assert big.status == "skipped" and "needs about 500 s" in big.reason
-    s.stop_all()  # the deadline: nothing runs after it
-    after = s.run_step(gs.Step("after", "bench", _py("print(1)"), timeout=30))
-    assert after.status == "skipped"
+# --- the whole order, driven by an injected clock ------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
 
 
-# --- the report and collect ----------------------------------------------------------------------
-def _bench_doc(backend: str, ips: float) -> dict:
+def _bench_doc(backend: str, ips: float, *, status="ok", reason="") -> dict:
     result = {"backend": backend, "variant": "d2l", "mode": "train", "batch_size": 256, "precision": "bf16",
-              "compile": "compiled", "device": "gpu", "status": "ok", "images_per_second": ips, "spread": 0.01,
+              "compile": "compiled", "device": "gpu", "status": status, "images_per_second": ips, "spread": 0.01,
               "first_step_seconds": 9.0, "peak_memory_bytes": 2 ** 30, "predicted_memory_bytes": 2 ** 30,
-              "utilization": {"achieved_tflops": 300.0, "mfu": 0.3}, "versions": {backend: "1"}}
+              "utilization": {"achieved_tflops": ips * 4.574e9 / 1e12, "mfu": 0.3}, "reason": reason}
     return {"command": f"nin bench --backend {backend}", "created": "2026-11-26T10:00:00+00:00", "host": "h",
             "load_average": {"before": [0.5, 0, 0], "after": [1.0, 0, 0]}, "environment": {},
-            "device": {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3", "driver": "580", "peak": None},
+            "device": {"kind": "gpu", "name": "NVIDIA H200", "driver": "580", "peak": None},
             "settings": {"backends": [backend], "variant": "d2l", "modes": ["train"], "batch_sizes": [256],
                          "precisions": ["bf16"], "compile": ["compiled"], "device": "gpu", "warmup": 5,
-                         "windows": 5, "steps": 10, "timeout_s": 60, "verify": backend == "torch"},
-            "model": {"variant": "d2l", "params": 1992166, "forward_flops_per_image": 1.6e9,
-                      "train_flops_per_image": 4.8e9},
+                         "windows": 5, "steps": 10, "timeout_s": 60, "verify": False},
+            "model": {"variant": "d2l", "params": 1992166, "forward_flops_per_image": 1.525e9,
+                      "train_flops_per_image": 4.574e9, "forward_bytes_per_image_fp32": 1},
             "versions": {backend: {backend: "1"}}, "results": [result]}
 
 
-def test_benchmark_files_merge_into_one_report(tmp_path):
-    paths = []
-    for i, b in enumerate(("torch", "jax")):
-        paths.append(tmp_path / f"{i}.json")
-        paths[-1].write_text(json.dumps(_bench_doc(b, 1000.0 * (i + 1))))
-    (tmp_path / "broken.json").write_text("{")
-    doc = gs.merge_bench([*paths, tmp_path / "broken.json"])
-    assert [r["backend"] for r in doc["results"]] == ["torch", "jax"]
-    assert doc["settings"]["backends"] == ["torch", "jax"] and doc["settings"]["verify"] is True
-    assert doc["versions"] == {"torch": {"torch": "1"}, "jax": {"jax": "1"}} and len(doc["commands"]) == 2
-    assert doc["load_average"] == {"before": [0.5, 0, 0], "after": [1.0, 0, 0]}
-    assert "| jax | train | 256 | bf16 | compiled | ok | 2000.0" in report.markdown(doc)
-    assert gs.merge_bench([tmp_path / "broken.json"]) is None
-    rows = gs.bench_rows(doc, 600.0)
-    assert rows[0][8] == "50.0%"  # 300 TFLOP/s of a measured 600
+def _fake_run(run: Path, backend: str, epochs: int) -> None:
+    """A training run as `nin train` leaves it: metrics (header and epochs) and a checkpoint file."""
+    s = recipe.from_recipe("tuned", backend, device="gpu", precision="fast")
+    header = {"type": "header", "format": runs.METRICS_FORMAT, "backend": backend, "variant": "d2l", "device": "gpu",
+              "device_name": "H200", "versions": {}, "settings": s.to_dict(), "command": "nin train",
+              "created": "2026-11-26T10:00:00+00:00"}
+    lines = [header] + [{"type": "epoch", "epoch": e, "step": e * 938, "lr": 0.01, "train_loss": 0.3,
+                         "train_accuracy": 0.9, "test_loss": 0.3, "test_accuracy": 0.88 + e / 1000,
+                         "test_zero_logits": 0.0, "images_per_second": 9000.0, "train_seconds": 7.0,
+                         "wall_seconds": 8.0} for e in range(1, epochs + 1)]
+    runs.write_metrics(run, lines)
+    (run / runs.CHECKPOINT).write_bytes(b"weights" * 100)
 
 
-def test_collect_puts_the_results_where_they_belong(tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "summary.md").write_text("# GPU session\n")
-    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
-        for name, text in (("matrix-gpu.md", "```\n1 passed, 0 failed\n```\n"), ("matrix-gpu.json", "{}"),
-                           ("bench-gpu.json", json.dumps(_bench_doc("torch", 1000.0)))):
-            path = tmp_path / name
-            path.write_text(text)
-            tar.add(path, arcname=name)
-    monkeypatch.setattr(gs, "ROOT", tmp_path / "repo")
-    placed = {str(p.relative_to(tmp_path / "repo")) for p in gs.collect(out)}
-    assert placed == {"records/matrix-gpu.md", "records/matrix-gpu.json", "records/gpu-session.md",
-                      "benchmarks/results/nvidia-h100-80gb-hbm3-20261126-100000.json",
-                      "benchmarks/results/nvidia-h100-80gb-hbm3-20261126-100000.md"} | (
-        {"benchmarks/results/nvidia-h100-80gb-hbm3-20261126-100000.png"} if importlib.util.find_spec("matplotlib")
-        else set())
+def _fake(clock: Clock, seconds: dict, cfg: plan.Config):
+    """execute(step, limit): takes seconds[phase] of the fake clock (a time-out past the limit) and leaves
+    what the real command would: a probe's JSON, a benchmark result, a record, a matrix, a training run."""
+    def execute(step, limit):
+        took = seconds.get(step.phase, 1)
+        clock.now += min(took, limit)
+        if took > limit:
+            return None
+        log = cfg.work / step.log
+        if step.phase in ("peak", "probe"):
+            log.write_text(json.dumps({"status": "ok", "measured": {"bf16_matmul_tflops": 800.0}}) + "\n")
+        elif step.phase in ("headline", "grid"):
+            b = step.meta["backend"]
+            doc = _bench_doc(b, 0, status="skipped", reason="keras not installed") if b == "keras-torch" else \
+                _bench_doc(b, 40000.0)
+            Path(step.meta["result"]).write_text(json.dumps(doc))
+        elif step.phase == "record":
+            Path(step.meta["record"]).write_bytes(b"record")
+        elif step.phase == "compare":
+            (cfg.work / "matrix-gpu.md").write_text("```\n120 passed, 0 failed\n```\n")
+        elif step.phase == "train":
+            _fake_run(Path(step.meta["run"]), step.meta["backend"], epochs=3)
+        return 0
+    return execute
+
+
+def _ordered(tmp_path, seconds: dict, **kw) -> tuple[plan.Config, dict]:
+    cfg = _cfg(tmp_path, serial=True, **kw)
+    clock = Clock()
+    assert order.run(cfg, session=Session(cfg, clock=clock, execute=_fake(clock, seconds, cfg))) in (0, 1)
+    doc = json.loads((cfg.out / "session.json").read_text())
+    return cfg, {st["name"]: st for st in doc["steps"]} | {"_doc": doc}
+
+
+def test_with_time_for_everything_every_step_runs_and_out_holds_the_eight_files(tmp_path):
+    cfg, steps = _ordered(tmp_path, {}, budget=100_000)
+    doc = steps.pop("_doc")
+    assert {st["status"] for name, st in steps.items() if "keras-torch" not in name} == {"ok"}
+    assert sorted(p.name for p in cfg.out.iterdir()) == sorted(report.OUT_FILES)
+    assert report.out_problems(cfg.out) == []
+    head = json.loads((cfg.out / "headline.json").read_text())
+    assert head["setting"] == {"mode": "train", "precision": "bf16", "compile": "compiled", "batch_size": 256}
+    torch = head["backends"]["torch"]
+    assert torch["images_per_second"] == 40000.0 and torch["of_measured_peak"] == pytest.approx(40000 * 4.574e-3 / 800)
+    assert head["backends"]["keras-torch"]["status"] == "skipped"  # not installed: left out of all that follows
+    assert not [name for name in steps if "keras-torch" in name and not name.startswith("headline")]
+    summary = (cfg.out / "summary.md").read_text()
+    assert summary.index("## Headline") < summary.index("## Conformance") < summary.index("## Training")
+    assert "120 passed, 0 failed" in summary and "| torch | 3 of 20 | 88.3% |" in summary
+    with tarfile.open(cfg.out / "train-torch.tar") as tar:
+        assert sorted(tar.getnames()) == ["checkpoint.safetensors", "metrics.jsonl"]
+    assert doc["peak_tflops"] == 800.0 and doc["train"]["jax"]["epochs"] == 3
+
+
+def test_a_tight_budget_keeps_the_order_and_says_what_it_skipped(tmp_path):
+    # 40 s setup-to-records per step kind; the grid's steps are estimated from the headline's 40 s each
+    # serial: the fake clock adds up steps that run at once on the device; 217 s pass before the grid
+    seconds = {"peak": 10, "headline": 30, "record": 10, "reference": 5, "probe": 1, "compare": 10, "grid": 30,
+               "train": 400}
+    cfg, steps = _ordered(tmp_path, seconds, budget=520, train_seconds=150, reserve=15)
+    assert all(steps[f"headline {b}-train-bf16-compiled-256"]["status"] == "ok" for b in ("torch", "jax", "keras-jax"))
+    assert steps["record keras-jax gpu fast"]["status"] == "ok" and steps["compare"]["status"] == "ok"
+    grid = [st for name, st in steps.items() if name.startswith("grid ")]
+    assert [st["status"] for st in grid[:2]] == ["ok", "ok"]  # the headline's clock checked first
+    skipped = [st for st in grid if st["status"] == "skipped"]
+    assert skipped and all("before the 150 s kept for training (--train-seconds)" in st["reason"] for st in skipped)
+    assert any("needs about 30 s" in st["reason"] for st in skipped)  # the estimate learnt from the headline
+    train = steps["train torch"]
+    assert train["status"] == "timeout" and train["command"].endswith("--timeout 120")  # 165 s left, less 15 + 30
+    summary = (cfg.out / "summary.md").read_text()
+    assert "Not run (" in summary and "| train torch | timeout |" in summary
+
+
+def test_when_nothing_is_left_for_training_it_is_skipped_with_the_reason(tmp_path):
+    seconds = {"peak": 20, "headline": 100, "record": 60, "reference": 30, "compare": 20, "grid": 40}
+    cfg, steps = _ordered(tmp_path, seconds, budget=520, train_seconds=0, reserve=15)
+    train = steps["train torch"]
+    assert train["status"] == "skipped" and train["reason"].startswith("budget: needs about 60 s")
+    assert (cfg.out / "summary.md").is_file() and not (cfg.out / "train-torch.tar").exists()
+
+
+def test_only_train_resumes_the_carried_run_and_starts_no_other(tmp_path):
+    carried = tmp_path / "whl" / "train" / "torch"
+    _fake_run(carried, "torch", epochs=2)
+    cfg, steps = _ordered(tmp_path, {"train": 50}, budget=520, phases=("train",))
+    assert [name for name in steps if name != "_doc"] == ["train torch", "train jax"]  # no wheels: no setup step
+    assert "--resume" in steps["train torch"]["command"] and steps["train torch"]["status"] == "ok"
+    # a new jax run would come back and replace the one collected here, which the bundle had no room for
+    assert steps["train jax"]["status"] == "skipped" and "was not carried" in steps["train jax"]["reason"]
+
+
+# --- collect and the bundle ----------------------------------------------------------------------------
+def test_collect_puts_the_results_and_the_runs_where_they_belong(tmp_path):
+    cfg, _ = _ordered(tmp_path, {}, budget=100_000)
+    repo = tmp_path / "repo"
+    placed = {str(p.relative_to(repo)) for p in report.collect(cfg.out, root=repo)}
+    assert {"records/matrix-gpu.md", "records/gpu-session.md", "results/training/gpu/d2l/torch/seed0/metrics.jsonl",
+            "results/training/gpu/d2l/jax/seed0/checkpoint.safetensors"} <= placed
+    assert any(p.startswith("benchmarks/results/nvidia-h200-") and p.endswith(".json") for p in placed)
+    whl = tmp_path / "bundle"
+    whl.mkdir()
+    added = bundle.add_runs(whl, repo / "results" / "training" / "gpu" / "d2l", log=lambda m: None)
+    assert added == ["torch", "jax"]  # 3 of 20 epochs: unfinished, so carried to be resumed
+    assert (whl / "train" / "torch" / "metrics.jsonl").is_file()
+    assert report.collect(cfg.out, root=repo)  # the same runs again: they go on where they were
+    _fake_run(repo / "results" / "training" / "gpu" / "d2l" / "jax" / "seed0", "jax", epochs=9)
+    header = (repo / "results" / "training" / "gpu" / "d2l" / "jax" / "seed0" / "metrics.jsonl")
+    header.write_text(header.read_text().replace("2026-11-26T10:00:00", "2026-11-20T10:00:00", 1))
+    with pytest.raises(ValueError, match="holds another run"):  # nine epochs are not lost to three
+        report.collect(cfg.out, root=repo)
     with pytest.raises(FileNotFoundError):
-        gs.collect(tmp_path / "nowhere")
+        report.collect(tmp_path / "nowhere")
 
 
-# --- the whole dry run ---------------------------------------------------------------------------------
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed here")
-def test_dry_run_on_the_cpu_records_compares_and_benchmarks(tmp_path, data_dir):
-    out, work = tmp_path / "out", tmp_path / "work"
-    cmd = [sys.executable, "-m", "benchmarks.gpu_session", "run", "--dry-run", "--backends", "torch",
-           "--precisions", "fp32", "--bench-groups", "0", "--skip", "train", "--budget", str(HANG_S),
-           "--out", str(out), "--work", str(work), "--wheelhouse", str(tmp_path / "no-wheels")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((out / "session.json").read_text())
-    status = {st["name"]: st["status"] for st in doc["steps"]}
-    assert status["probe torch"] == "ok" and status["record torch cpu fp32"] == "ok"
-    assert status["compare"] == "ok" and status["bench 00-torch-train-fp32-eager-2"] == "ok"
-    assert doc["probes"]["torch"]["checks"]["nn.Module.compile"] is True
-    assert "passed, 0 failed" in (out / "matrix-gpu.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == sorted(set(gs.OUT_FILES))
-    with tarfile.open(out / "results.tar.gz") as tar:
-        names = set(tar.getnames())
-    assert {"bench-gpu.json", "matrix-gpu.md", "probes/torch.json"} <= names
-    assert not any(n.endswith(".safetensors") for n in names)  # the records stay in the work folder
-    merged = json.loads((work / "bench-gpu.json").read_text())
-    torch_result = merged["results"][0]
-    assert torch_result["status"] == "ok" and torch_result["verify"]["status"] == "ok"
-    summary = (out / "summary.md").read_text()
-    assert "dry run on the CPU" in summary and "passed, 0 failed" in summary
+def test_a_d2l_training_run_comes_back_in_one_file_and_one_fits_in_the_bundle(tmp_path):
+    """The checkpoint of the d2l network (weights and momentum, float32) under the tool's 16 MiB a file;
+    the bundle with one run to resume under its 60 MiB (wheels and data as `make gpu-bundle` measured)."""
+    init = weights.init(specs.get("d2l"), 0)
+    settings = recipe.from_recipe("tuned", "torch", device="gpu", precision="fast").to_dict()
+    runs.write_checkpoint(tmp_path, weights=init, optimizer={f"momentum/{k}": v for k, v in init.items()},
+                          meta={"backend": "torch", "settings": settings, "epoch": 20, "step": 18760,
+                                "rng": {"seed": 0, "next_epoch": 20, "note": ""}, "records": [{"epoch": 1}] * 20})
+    (tmp_path / "metrics.jsonl").write_text("{}\n" * 2000)
+    payload = report.run_tar(tmp_path)
+    assert len(payload) < report.OUT_LIMITS["file_bytes"]
+    assert 39.4 * bundle.MIB + len(payload) < bundle.BUNDLE_LIMIT < 39.4 * bundle.MIB + 2 * len(payload)
 
 
-# --- the offline bundle ---------------------------------------------------------------------------------
+def test_the_bundle_refuses_more_than_60_mib(tmp_path, monkeypatch):
+    (tmp_path / "big").write_bytes(b"\0" * (bundle.BUNDLE_LIMIT + 1))
+    with pytest.raises(wheels.WheelhouseError, match="over the bundle's 60 MiB limit"):
+        bundle.check_size(tmp_path)
+    (tmp_path / "big").write_bytes(b"\0" * (bundle.BUNDLE_LIMIT - 1))
+    monkeypatch.setattr(bundle, "checkout_bytes", lambda: 8 * bundle.MIB)
+    with pytest.raises(wheels.WheelhouseError, match="over the 64 MiB that travel"):
+        bundle.check_size(tmp_path)
+
+
+def test_the_fast_spreads_of_the_session_s_variants_are_in_the_store():
+    """`make gpu-bundle` measured them once: the session then runs no error model on the device."""
+    assert bundle.missing_spreads(list(plan.VARIANTS), "fast") == []
+    assert bundle.missing_spreads(list(plan.VARIANTS), "fp32") == []
+
+
+def test_the_timing_loop_waits_for_the_warm_up_before_the_first_window():
+    """JAX dispatches asynchronously: the warm-up's last step must be waited for, or it runs in the window."""
+    results, syncs = itertools.count(), []
+    timing.measure(results.__next__, syncs.append, batch_size=1, warmup=3, windows=1, steps=2)
+    # the first step timed alone (0), three warm-up steps (1, 2, 3), one window of two (4, 5)
+    assert syncs == [None, 0, 3, None, 5]
+
+
+# --- the wheels ------------------------------------------------------------------------------------------
 def test_every_bundled_distribution_has_main_txt_s_version():
-    pins = wh.read_pins()
-    reqs = wh.pinned(wh.read_names(), pins)
+    pins = wheels.read_pins()
+    reqs = wheels.pinned(wheels.read_names(), pins)
     assert "keras==" + pins["keras"] in reqs and any(r.startswith("optree==") for r in reqs)
     assert not any(r.split("==")[0].lower() in ("numpy", "torch", "jax", "jaxlib", "tensorflow") for r in reqs)
-    with pytest.raises(wh.WheelhouseError, match="not pinned"):
-        wh.pinned(["no-such-dist"], pins)
+    with pytest.raises(wheels.WheelhouseError, match="not pinned"):
+        wheels.pinned(["no-such-dist"], pins)
 
 
 def test_download_command_asks_for_cpython_312_manylinux_wheels_only(tmp_path):
-    cmd = wh.download_command(["keras==3.15.1"], tmp_path, python="py")
-    assert cmd[:4] == ["py", "-m", "pip", "download"]
-    assert {"--no-deps", "--only-binary=:all:"} <= set(cmd)
+    cmd = wheels.download_command(["keras==3.15.1"], tmp_path, python="py")
+    assert cmd[:4] == ["py", "-m", "pip", "download"] and {"--no-deps", "--only-binary=:all:"} <= set(cmd)
     assert _opt(cmd, "--python-version") == "3.12" and _opt(cmd, "--implementation") == "cp"
     platforms = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"]
     assert "manylinux2014_x86_64" in platforms and "manylinux_2_28_x86_64" in platforms
-    assert cmd[-1] == "keras==3.15.1" and _opt(cmd, "--dest") == str(tmp_path)
 
 
-def test_wheel_names_parse_and_two_versions_of_one_are_refused(tmp_path):
-    w = wh.parse_wheel(Path("typing_extensions-4.16.0-py3-none-any.whl"))
+def test_two_versions_of_one_wheel_are_refused(tmp_path):
+    w = wheels.parse_wheel(Path("typing_extensions-4.16.0-py3-none-any.whl"))
     assert (w.name, w.version) == ("typing-extensions", "4.16.0")
-    with pytest.raises(wh.WheelhouseError):
-        wh.parse_wheel(Path("README.md"))
     for name in ("rich-15.0.0-py3-none-any.whl", "rich-14.0.0-py3-none-any.whl"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(wh.WheelhouseError, match="more than one wheel of rich"):
-        wh.wheels(tmp_path)
-
-
-def test_install_installs_only_what_the_interpreter_lacks(tmp_path, monkeypatch):
-    for name in ("keras-3.15.1-py3-none-any.whl", "Absl_Py-2.5.1-py3-none-any.whl",
-                 "optree-0.20.0-cp312-cp312-manylinux_2_27_x86_64.whl"):
-        (tmp_path / name).write_bytes(b"")
-    monkeypatch.setattr(wh, "installed", lambda python, extra: {"absl-py": "2.1.0", "numpy": "2.0"})
-    calls = []
-
-    def run(cmd, **kw):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    out = wh.install(tmp_path, python="py", target=tmp_path / "site", run=run)
-    assert out["kept"] == {"absl-py": "2.1.0"}  # the machine's own version stays
-    assert out["installed"] == {"keras": "3.15.1", "optree": "0.20.0"}
-    (cmd,) = calls
-    assert {"--no-index", "--no-deps"} <= set(cmd) and _opt(cmd, "--target") == str(tmp_path / "site")
-    assert sorted(Path(a).name.split("-")[0] for a in cmd if a.endswith(".whl")) == ["keras", "optree"]
-    monkeypatch.setattr(wh, "installed", lambda python, extra: {"keras": "3", "absl-py": "2", "optree": "0"})
-    calls.clear()
-    assert wh.install(tmp_path, python="py", run=run)["installed"] == {} and calls == []
-    with pytest.raises(wh.WheelhouseError, match="no wheel"):
-        wh.install(tmp_path / "empty", python="py")
+    with pytest.raises(wheels.WheelhouseError, match="more than one wheel of rich"):
+        wheels.wheels(tmp_path)
 
 
 def _make_wheel(folder: Path, name: str, version: str) -> Path:
@@ -319,29 +376,50 @@ def _make_wheel(folder: Path, name: str, version: str) -> Path:
 
 
 def test_install_for_real_without_network_into_a_target(tmp_path):
-    bundle = tmp_path / "whl"
-    bundle.mkdir()
-    _make_wheel(bundle, "nin_offline_probe", "1.0")
+    _make_wheel(tmp_path, "nin_offline_probe", "1.0")
     target = tmp_path / "site"
-    out = wh.install(bundle, target=target)
-    assert out["installed"] == {"nin-offline-probe": "1.0"}
+    assert wheels.install(tmp_path, target=target)["installed"] == {"nin-offline-probe": "1.0"}
     env = {**os.environ, "PYTHONPATH": str(target)}
     assert subprocess.run([sys.executable, "-c", "import nin_offline_probe as m; print(m.VALUE)"], env=env,
                           capture_output=True, text=True).stdout.strip() == "42"
-    assert wh.install(bundle, target=target)["installed"] == {}  # a second run finds it there
-
-
-def test_the_data_is_copied_and_verified(tmp_path, data_dir):
-    target = wh.copy_data(tmp_path)
-    assert sorted(p.name.split(".")[0] for p in target.iterdir()) == sorted(data.FILES)
-    assert "Fashion-MNIST" in wh.size_report(tmp_path)
+    assert wheels.install(tmp_path, target=target)["installed"] == {}  # a second run finds it there
 
 
 def test_download_from_pypi(tmp_path):
     """The real download of the smallest wheel of the list; skipped where PyPI cannot be reached."""
-    req = wh.pinned(["namex"], wh.read_pins())
-    proc = subprocess.run(wh.download_command(req, tmp_path), capture_output=True, text=True, timeout=300)
+    req = wheels.pinned(["namex"], wheels.read_pins())
+    proc = subprocess.run(wheels.download_command(req, tmp_path), capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.skip(f"PyPI is not reachable here: {proc.stderr.strip()[-200:]}")
-    (wheel,) = wh.wheels(tmp_path)
+    (wheel,) = wheels.wheels(tmp_path)
     assert (wheel.name, wheel.version) == ("namex", req[0].split("==")[1])
+
+
+# --- the whole dry run, from a bundle made here ----------------------------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed here")
+def test_the_documented_command_runs_the_whole_order_on_the_cpu(tmp_path, data_dir):
+    whl = tmp_path / "whl"
+    (whl / "fashion-mnist").mkdir(parents=True)
+    _make_wheel(whl, "nin_offline_probe", "1.0")
+    for name in data.FILES:
+        found = next(p for p in (data_dir / f"{name}.gz", data_dir / name) if p.is_file())
+        (whl / "fashion-mnist" / found.name).symlink_to(found)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "WHEELHOUSE": str(whl)}
+    cmd = ["bash", "scripts/gpu_session.sh", str(out), str(HANG_S), "--dry-run", "--backends", "torch",
+           "--train-backends", "torch", "--work", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2 * HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "session.json").read_text())
+    assert [(st["phase"], st["status"]) for st in doc["steps"]] == [
+        ("setup", "ok"), ("peak", "ok"), ("headline", "ok"), ("record", "ok"), ("record", "ok"), ("reference", "ok"),
+        ("compare", "ok"), ("grid", "ok"), ("grid", "ok"), ("train", "ok")]
+    assert doc["environment"]["NIN_DATA_DIR"] == str(whl / "fashion-mnist")
+    assert "start peak (probe torch)" in proc.stderr  # a progress line per step
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(report.OUT_FILES) - {"train-jax.tar"})
+    assert report.out_problems(out) == []
+    assert doc["headline"]["torch"]["status"] == "ok" and doc["headline"]["torch"]["images_per_second"] > 0
+    assert "passed, 0 failed" in (out / "matrix-gpu.md").read_text()
+    merged = json.loads((tmp_path / "work" / "bench-gpu.json").read_text())
+    assert [r["status"] for r in merged["results"]] == ["ok"] * 4 and merged["results"][1]["verify"]["status"] == "ok"
+    assert doc["train"]["torch"]["epochs"] == 2 and doc["train"]["torch"]["checkpoint"]
