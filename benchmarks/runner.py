@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shlex
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +28,9 @@ from tqdm import tqdm
 
 from common import backends, calc
 from common import spec as specs
-from common.fsio import OutputError, check_writable
-from harness import processes
+from common.calc import CostError
+from common.fsio import OutputError, check_writable, exclusive
+from harness import flags, processes
 
 from . import report, utilization, verify_timing, worker
 
@@ -38,24 +38,6 @@ RESULTS = backends.ROOT / "benchmarks" / "results"
 # environment variables that change speed (threads, visible devices, allocators, compilers): recorded with the run
 ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABLE_", "TF_GPU_", "TF_XLA_",
                "TF_FORCE_", "MXNET_", "TORCH", "PYTORCH_", "NIN_PYTHON_")
-
-
-def _count(least: int, most: int):
-    def parse(text: str) -> int:
-        if not (text.isascii() and text.isdigit() and len(text) < 12 and least <= int(text) <= most):
-            raise argparse.ArgumentTypeError(f"expected an integer from {least} to {most:,}, got {text!r}")
-        return int(text)
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and value < 7 * 24 * 3600):  # NaN fails both
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 and below a week, got {text!r}")
-    return value
 
 
 COMPILE_MODES = ("eager", "graph", "compiled", "plain")
@@ -71,49 +53,42 @@ def _compiles(backend: str, asked: list[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `nin bench`; each list option sweeps every value given."""
-    parser.add_argument("--backend", nargs="+", dest="backends", metavar="NAME", choices=sorted(backends.BACKENDS),
+    parser.add_argument("--backend", nargs="+", action=flags.Distinct, dest="backends", metavar="NAME",
+                        choices=sorted(backends.BACKENDS),
                         default=list(backends.BACKENDS), help="backends to run (default: all)")
-    parser.add_argument("--variant", default="d2l", help="a named variant or a .json spec file (default: d2l)")
-    parser.add_argument("--mode", nargs="+", dest="modes", choices=worker.MODES, default=list(worker.MODES),
+    parser.add_argument("--variant", default="d2l", type=flags.path,
+                        help="a named variant or a .json spec file (default: d2l)")
+    parser.add_argument("--mode", nargs="+", action=flags.Distinct, dest="modes", choices=worker.MODES,
+                        default=list(worker.MODES),
                         help="train (forward, backward, SGD step) and/or infer (default: both)")
-    parser.add_argument("--batch-size", nargs="+", dest="batch_sizes", type=_count(1, MAX_BATCH), metavar="N",
+    parser.add_argument("--batch-size", nargs="+", action=flags.Distinct, dest="batch_sizes",
+                        type=flags.count(1, MAX_BATCH), metavar="N",
                         default=[128],
                         help="batch sizes (default: 128)")
-    parser.add_argument("--precision", nargs="+", dest="precisions", choices=worker.PRECISIONS, default=["fp32"],
+    parser.add_argument("--precision", nargs="+", action=flags.Distinct, dest="precisions",
+                        choices=worker.PRECISIONS, default=["fp32"],
                         help="fp32 (TF32 off), tf32, bf16 (mixed precision) (default: fp32)")
-    parser.add_argument("--compile", nargs="+", dest="compiles", metavar="MODE", default=["all"],
+    parser.add_argument("--compile", nargs="+", action=flags.Distinct, dest="compiles", metavar="MODE", default=["all"],
                         help="eager, compiled (torch.compile, XLA, jax.jit, hybridize), graph (Keras: tf.function "
                              "without XLA), all: every mode each backend offers (default), plain: the chapter's "
                              "d2l code in the backend's framework, the yardstick (benchmarks/plain.py)")
     parser.add_argument("--device", choices=("auto",) + worker.DEVICES, default="auto",
                         help="auto: gpu when nvidia-smi lists one, else cpu")
-    parser.add_argument("--warmup", type=_count(0, 100_000), default=5,
+    parser.add_argument("--warmup", type=flags.count(0, 100_000), default=5,
                         help="untimed steps after the first (default: 5)")
-    parser.add_argument("--windows", type=_count(1, 1000), default=5,
+    parser.add_argument("--windows", type=flags.count(1, 1000), default=5,
                         help="timed windows; the median is reported (default: 5)")
-    parser.add_argument("--steps", type=_count(1, 100_000), default=10, help="steps per timed window (default: 10)")
-    parser.add_argument("--timeout", type=_seconds, default=1800, help="seconds allowed per configuration")
+    parser.add_argument("--steps", type=flags.count(1, 100_000), default=10,
+                        help="steps per timed window (default: 10)")
+    parser.add_argument("--timeout", type=flags.seconds, default=1800, help="seconds allowed per configuration")
     parser.add_argument("--verify", action="store_true",
                         help="time each configuration again with an independent plain loop (torch, jax)")
-    parser.add_argument("--out", type=Path, help="result file (default: benchmarks/results/<device>-<date>.json)")
+    parser.add_argument("--out", type=flags.path, help="result file (default: benchmarks/results/<device>-<date>.json)")
     parser.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
     return parser
 
 
 # --- the device, without importing a framework ---------------------------------------------
-def _nvidia_smi() -> list[dict]:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    gpus = []
-    for line in out.stdout.strip().splitlines() if out.returncode == 0 else []:
-        name, driver, mib = (f.strip() for f in line.split(","))
-        gpus.append({"name": name, "driver": driver, "memory_bytes": int(float(mib)) * 2 ** 20})
-    return gpus
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,7 +101,7 @@ def _cpu_name() -> str:
 
 def device_info(device: str) -> dict:
     """{"kind": "cpu" | "gpu", "name", "driver", "memory_bytes", "count"}; device "auto" picks one."""
-    gpus = _nvidia_smi() if device in ("auto", "gpu") else []
+    gpus = processes.gpus() if device in ("auto", "gpu") else []
     if device == "gpu" or gpus:
         first = gpus[0] if gpus else {"name": None, "driver": None, "memory_bytes": None}
         return {"kind": "gpu", **first, "count": len(gpus)}
@@ -166,36 +141,67 @@ def annotate(result: dict, spec: specs.NetSpec, peak: utilization.DevicePeak | N
     return result
 
 
+class BenchError(ValueError):
+    """A flag that cannot work on this machine (`--device gpu` where no GPU is visible)."""
+
+
 def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Check everything before the first worker (the spec, --out, the device, the memory each
+    configuration needs), then run the sweep and write the results; 2 and one line when a check fails."""
     argv = list(sys.argv if argv is None else argv)
     try:
-        spec = specs.get(args.variant)
-    except specs.SpecError as e:
-        print(f"nin bench: {e}", file=sys.stderr)
+        spec, variant, device, out = _prepare(args)
+        configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c,
+                    "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps}
+                   for b in args.backends for m, p, c, n in itertools.product(
+                       args.modes, args.precisions, _compiles(b, args.compiles), sorted(args.batch_sizes))]
+        _check_memory(configs, spec, variant=args.variant, device=device["kind"])
+        with exclusive(out, "--out"):  # a second `nin bench` writing the same file is refused meanwhile
+            return _run(args, argv, configs, spec=spec, variant=variant, device=device, out=out)
+    except (specs.SpecError, OutputError, CostError, BenchError) as e:
+        print(f"nin bench: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def _prepare(args) -> tuple[specs.NetSpec, str, dict, Path]:
+    """(spec, the variant as a worker is given it, the device, --out), each checked before any work."""
+    spec = specs.get(args.variant)
     # the workers run from the repository root: a spec file must not depend on the current directory
     variant = str(Path(args.variant).resolve()) if args.variant.endswith(".json") else args.variant
     bad = [c for c in args.compiles if c not in COMPILE_MODES + ("all",)]
     if bad:
-        print(f"nin bench: --compile {bad[0]!r}: expected some of {list(COMPILE_MODES)} or all", file=sys.stderr)
-        return 2
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        raise BenchError(f"--compile {bad[0]!r}: expected some of {list(COMPILE_MODES)} or all")
     device = device_info(args.device)
+    if args.device == "gpu" and not device["count"]:
+        raise BenchError("--device gpu: no GPU is visible (nvidia-smi lists none); run on a machine with one, "
+                         "or give --device cpu")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RESULTS / f"{_slug(device['name'] or device['kind'])}-{stamp}.json")
-    try:
-        check_writable(out, "--out")  # before the work: a bad path must not lose a finished sweep
-        if out.suffix != ".json":  # the .md and .png go beside it, named by replacing the suffix
-            raise OutputError(f"--out {out}: expected a .json file name (the .md table and .png plot go beside it)")
-        for path in (out.with_suffix(".md"), out.with_suffix(".png")):
-            check_writable(path, f"--out's {path.suffix}")
-    except OutputError as e:
-        print(f"nin bench: {e}", file=sys.stderr)
-        return 2
+    check_writable(out, "--out")  # before the work: a bad path must not lose a finished sweep
+    if out.suffix != ".json":  # the .md and .png go beside it, named by replacing the suffix
+        raise OutputError(f"--out {out}: expected a .json file name (the .md table and .png plot go beside it)")
+    for path in (out.with_suffix(".md"), out.with_suffix(".png")):
+        check_writable(path, f"--out's {path.suffix}")
+    return spec, variant, device, out
+
+
+def _check_memory(configs: list[dict], spec: specs.NetSpec, *, variant: str, device: str) -> None:
+    """CostError for the configuration that needs the most memory, when it needs more than the device
+    has (calc.summary's estimate, a lower bound), before any worker starts."""
+    def need(c: dict) -> int:
+        s = calc.summary(spec, c["batch_size"], "bfloat16" if c["precision"] == "bf16" else "float32",
+                         momentum=specs.recipe(spec.name).momentum > 0)
+        return s.train_memory_bytes if c["mode"] == "train" else s.inference_memory_bytes
+
+    if configs:
+        worst = max(configs, key=need)
+        processes.check_memory(need(worst), device=device, what=f"--variant {variant} in {worst['mode']} mode at "
+                               f"--batch-size {worst['batch_size']} ({worst['precision']})")
+
+
+def _run(args, argv: list[str], configs: list[dict], *, spec, variant: str, device: dict, out: Path) -> int:
+    """The sweep, its result files and its summary lines; 1 when a configuration errored."""
     peak = utilization.peak_for(device["name"])
-    configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c,
-                "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps}
-               for b in args.backends for m, p, c, n in itertools.product(
-                   args.modes, args.precisions, _compiles(b, args.compiles), sorted(args.batch_sizes))]
     results, skipped = [], {}
     load_before = os.getloadavg()  # other processes on the machine show up here, and in the spread
     bar = tqdm(configs, desc="nin bench", unit="config", file=sys.stderr, dynamic_ncols=True)
@@ -208,18 +214,20 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         interrupted = e
     bar.close()
     doc, written = _write(args, argv, results, spec=spec, device=device, peak=peak, variant=variant, out=out,
-                     load_before=load_before, interrupted=interrupted is not None)
+                          load_before=load_before, interrupted=interrupted is not None)
     if interrupted:
         print(f"nin bench: interrupted after {len(results)} of {len(configs)} configurations; wrote "
               + ", ".join(str(p) for p in written), file=sys.stderr)
         raise interrupted
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(report.table(results))
+    print(json.dumps(doc, indent=2) if args.json else report.table(results))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return _failures(results, gpu=device["kind"] == "gpu")
+
+
+def _failures(results: list[dict], *, gpu: bool) -> int:
+    """One line per configuration that errored or whose timing check disagreed; 1 when there is one."""
     failed = [r for r in results if r["status"] == "error"]
-    disagree = [r for r in results if device["kind"] == "gpu" and (r.get("verify") or {}).get("agrees") is False]
+    disagree = [r for r in results if gpu and (r.get("verify") or {}).get("agrees") is False]
     for r in failed:  # one line each; the whole reason and traceback are in the result file
         reason = next((line for line in str(r.get("reason", "")).splitlines() if line.strip()), "(no reason)")
         print(f"error: {r['backend']} {r['mode']} batch {r['batch_size']} {r['compile']}: {reason[:300]}",

@@ -24,11 +24,69 @@ Conventions (stated so that every number can be checked by hand):
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .spec import NetSpec, walk
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+class CostError(ValueError):
+    """Work or memory that a command would need past its limit, found from the spec and the flags
+    before any worker starts; the message names the spec or flag, the estimate and the limit."""
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: 3.2 TiB, 17.5 GiB, 12.0 MiB."""
+    for unit, scale in (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+MEMORY_LIMIT_VARIABLE = "NIN_MEMORY_LIMIT"
+
+
+def host_memory() -> int:
+    """Bytes of memory this machine's processes may use: its own, or its container's (cgroup v2
+    memory.max, v1 memory.limit_in_bytes) when that is smaller."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound known
+        total = 2 ** 62
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def memory_limit(device: tuple[int, str] | None = None) -> tuple[int, str]:
+    """(bytes, what they are) that a computation may count on: $NIN_MEMORY_LIMIT when set (bytes: a
+    machine with swap, or a test), else `device` (a GPU's memory and its name) when given, else the
+    host's (host_memory). A bad $NIN_MEMORY_LIMIT is a CostError naming it."""
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if text:
+        if not (text.isascii() and text.isdigit() and len(text) < 25 and int(text) > 0):
+            raise CostError(f"{MEMORY_LIMIT_VARIABLE}: expected a number of bytes > 0, got {text!r}")
+        return int(text), f"that {MEMORY_LIMIT_VARIABLE} allows"
+    return device or (host_memory(), "of this machine")
+
+
+def check_memory(need: int, *, what: str, limit: tuple[int, str] | None = None) -> None:
+    """CostError when `need` bytes (an estimate from this module: a lower bound, as the frameworks add
+    workspace) are more than `limit` (memory_limit() by default): said before the work starts,
+    instead of a MemoryError seconds or minutes into it. The message names `what` and both sizes."""
+    limit_bytes, source = limit or memory_limit()
+    if need > limit_bytes:
+        raise CostError(f"{what} needs at least {size_text(need)} of memory, more than the "
+                        f"{size_text(limit_bytes)} {source} (set {MEMORY_LIMIT_VARIABLE}, in bytes, to change "
+                        "the limit)")
 
 
 @dataclass(frozen=True)
@@ -174,10 +232,12 @@ def summary(spec: NetSpec, batch_size: int = 1, dtype: str = "float32", momentum
 
 def spec_layers(spec: NetSpec) -> list[dict]:
     """One row per entry of spec.layers (blocks not split): what `nin summary` prints and `--json` lists."""
-    infos = layers(spec)
+    by_layer: list[list[LayerInfo]] = [[] for _ in spec.layers]
+    for info in layers(spec):  # one pass: a spec of many layers stays linear
+        by_layer[info.index].append(info)
     rows = []
     for i, layer in enumerate(spec.layers):
-        mine = [l for l in infos if l.index == i]
+        mine = by_layer[i]
         rows.append({
             "index": i,
             "type": layer.kind,

@@ -26,7 +26,7 @@ from .backends import BACKENDS
 from .cases import DROPOUT_PROBE, Cases, dropout_rates
 from .data import CLASSES
 from .fsio import atomic_path
-from .spec import NetSpec, SpecError, loads
+from .spec import NetSpec, SpecError, finite, loads
 
 FORMAT = "nin-conformance-record/2"
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -37,6 +37,11 @@ VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyT
 HYPERPARAMETERS = ("exact", "float32")  # what the kernels see of lr, momentum, wd: MXNet's take float32
 FLOAT64_LIMITS = ("batch_norm", "all")  # what a backend computes below float64 in fp64 mode (declared): batch
 # norm only, or everything (Keras on JAX and PyTorch)
+# What each backend's train.float64_limits() declares in an fp64 record (tests/test_bad_inputs.py holds
+# this table to the backends' own answers): a record that declares other limits would be judged with
+# bounds its backend never asked for (conformance.compare.bound_precision), so it is refused.
+DECLARED_FLOAT64_LIMITS = {"mxnet": (), "torch": (), "keras-tf": (), "jax": (), "keras-jax": ("all",),
+                           "keras-torch": ("all",)}
 FIELDS = {  # metadata field -> type; the first eleven are required
     "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
     "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,
@@ -136,6 +141,7 @@ def _check_meta(path: Path, meta) -> None:
                           "and only in an fp64 record")
     if meta["backend"] not in BACKENDS:
         raise RecordError(f"{path}: metadata.backend: {meta['backend']!r}, expected one of {sorted(BACKENDS)}")
+    _check_float64_limits(path, meta["backend"], meta["precision"], limits)
     texts = [(name, v) for name, v in meta.items() if isinstance(v, str)] + [
         (f"{name}.{k}", v) for name in ("versions", "numerics") for k, v in meta[name].items()] + [
         (f"{name} (a key)", k) for name in ("versions", "numerics") for k in meta[name]] + [
@@ -144,6 +150,35 @@ def _check_meta(path: Path, meta) -> None:
         if len(text) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise RecordError(f"{path}: metadata.{name}: expected one line of at most {MAX_TEXT:,} characters, "
                               f"got {json.dumps(text)[:60]}")
+
+
+def _check_float64_limits(path: Path, backend: str, precision: str, limits: dict) -> None:
+    """An fp64 record declares what its backend declares (DECLARED_FLOAT64_LIMITS), no more, no less:
+    `{"all": ...}` in a PyTorch record would hold it to fp32 bounds that PyTorch never asked for."""
+    declared = sorted(DECLARED_FLOAT64_LIMITS.get(backend, ())) if precision == "fp64" else []
+    if sorted(limits) != declared:
+        raise RecordError(f"{path}: metadata.float64_limits: {sorted(limits)}, but a {precision} {backend} record "
+                          f"declares {declared}: the record would be judged with bounds its backend does not state")
+
+
+def check_recordable(spec: NetSpec, cases: Cases, where: str) -> None:
+    """What every record of `spec` must be, said before a record is made (`nin record`) and when one
+    is read: trained on Fashion-MNIST's ten classes, and asking at most MAX_WORK multiply-adds of
+    float64 reference work. RecordError names `where` (a record's field, or the --variant given)."""
+    work = reference_work(spec, cases)
+    if work > MAX_WORK:  # a record is input: it must not ask the reference for days of float64 work
+        raise RecordError(f"{where}: its cases ask for {work:.1e} multiply-adds of float64 reference work, "
+                          f"more than the {MAX_WORK:.0e} a record may ask for")
+    if spec.num_classes < len(CLASSES):  # the training cases' labels are Fashion-MNIST's
+        raise RecordError(f"{where}: num_classes {spec.num_classes}, but the cases train on Fashion-MNIST's "
+                          f"{len(CLASSES)} classes")
+
+
+def record_memory(spec: NetSpec, cases: Cases, precision: str) -> int:
+    """Bytes a backend holds at least to record `spec`: the network training on the larger of the
+    cases' batches at the record's dtype, with a momentum buffer (calc.summary's estimate)."""
+    dtype = "float64" if precision == "fp64" else "float32"
+    return calc.summary(spec, max(cases.batch, cases.train_batch), dtype, momentum=True).train_memory_bytes
 
 
 def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
@@ -159,13 +194,11 @@ def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
         raise RecordError(str(e)) from None
     if spec.name != name:
         raise RecordError(f"{where}.spec.name: {spec.name!r}, expected {name!r}")
-    work = reference_work(spec, cases)
-    if work > MAX_WORK:  # a record is input: it must not ask the reference for days of float64 work
-        raise RecordError(f"{where}.spec: its cases ask for {work:.1e} multiply-adds of float64 reference work, "
-                          f"more than the {MAX_WORK:.0e} a record may ask for")
-    if spec.num_classes < len(CLASSES):  # the training cases' labels are Fashion-MNIST's
-        raise RecordError(f"{where}.spec.num_classes: {spec.num_classes}, but the cases train on Fashion-MNIST's "
-                          f"{len(CLASSES)} classes")
+    check_recordable(spec, cases, f"{where}.spec")
+    try:  # the float64 reference of the comparison runs here, in this machine's memory
+        calc.check_memory(record_memory(spec, cases, "fp64"), what=f"{where}.spec: its float64 reference")
+    except calc.CostError as e:
+        raise RecordError(str(e)) from None
     shapes = info["layer_shapes"]
     if not (isinstance(shapes, list) and all(isinstance(s, list) and all(
             isinstance(d, int) and not isinstance(d, bool) for d in s) for s in shapes)):
@@ -194,6 +227,23 @@ def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, prec
             raise RecordError(f"{path}: tensor {key} has shape {tuple(t.shape)}, the spec and cases give {shape}")
 
 
+def peek(path: str | Path) -> dict | None:
+    """A record's metadata, read without its tensors and unchecked; None when `path` is not a readable
+    record. For a quick look (what would an overwrite lose?), never for a comparison: read_record."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            text = (f.metadata() or {}).get("record")
+    except (SafetensorError, OSError, ValueError, TypeError, zlib.error):
+        return None
+    try:
+        meta = loads(text, "metadata") if text is not None else None
+    except SpecError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def read_record(path) -> Record:
     """Read and validate a record; RecordError names the file and the first field that is wrong."""
     from safetensors import SafetensorError, safe_open
@@ -218,9 +268,13 @@ def read_record(path) -> Record:
     except SpecError as e:
         raise RecordError(f"{path}: {e}") from None
     _check_meta(path, meta)
+    huge = [k for k, v in meta["cases"].items() if isinstance(v, int) and not isinstance(v, bool) and not finite(v)]
+    if huge:  # before Cases reads them: NumPy cannot even ask whether such a number is finite
+        raise RecordError(f"{path}: metadata.cases.{huge[0]}: an integer of {len(str(meta['cases'][huge[0]]))} "
+                          "digits, past any bound")
     try:
         cases = Cases.from_dict(meta["cases"], source="metadata.cases")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise RecordError(f"{path}: {e}") from None
     if not meta["variants"]:
         raise RecordError(f"{path}: metadata.variants is empty: the record checks nothing")

@@ -30,6 +30,7 @@ MAX_SIZE = 4096  # input height / width
 MAX_CHANNELS = 65536
 MAX_LAYERS = 256
 MAX_KERNEL = 64
+MAX_CONVS = 1024  # convolutions in one network (the chapter's has 12): a framework builds each one
 MAX_SPEC_BYTES = 1_000_000  # a spec is a few kB
 NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 
@@ -231,6 +232,17 @@ def loads(text: str, where: str):
         raise SpecError(f"{where} holds a number too large to read: {str(e).split(';')[0]}") from None
 
 
+def finite(value) -> bool:
+    """A real number (not a boolean) that is finite as a float: an integer of hundreds of digits is
+    not (math.isfinite would raise OverflowError for it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _show(value) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list, str, bool, type(None))) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -272,7 +284,7 @@ def _integer(value, where: str, low: int, high: int) -> int:
 
 
 def _number(value, where: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = finite(value)
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -309,6 +321,8 @@ def _layer_from_dict(d, where: str) -> Layer:
         value, at = d[name], f"{where}.{name}"
         if name == "mlp":
             _check_type(value, list, at, "a list of channel counts")
+            if len(value) >= MAX_CONVS:  # before its entries are read: the check costs nothing
+                raise SpecError(f"{at}: {len(value):,} 1x1 convs; a network may have at most {MAX_CONVS} convs")
             args[name] = tuple(_integer(c, f"{at}[{i}]", 1, MAX_CHANNELS) for i, c in enumerate(value))
         elif name in ("batch_norm", "relu_last"):
             args[name] = _boolean(value, at)
@@ -351,7 +365,8 @@ def walk(spec: NetSpec) -> Iterator[Op]:
     for i, layer in enumerate(spec.layers):
         where = f"layer {i} ({layer.kind})"
         if isinstance(layer, NiNBlock):
-            for j, (oc, k, s, p) in enumerate(layer.convs):
+            convs = layer.convs  # once per block: a property that builds a tuple (a walk stays linear)
+            for j, (oc, k, s, p) in enumerate(convs):
                 c, h, w = shape
                 oh, ow = out_size(h, k, s, p), out_size(w, k, s, p)
                 if oh < 1 or ow < 1:
@@ -361,7 +376,7 @@ def walk(spec: NetSpec) -> Iterator[Op]:
                 yield Op(i, "conv", f"block{b}.conv{j}", shape, out, k, s, p)
                 if layer.batch_norm:
                     yield Op(i, "batch_norm", f"block{b}.bn{j}", out, out)
-                if j < len(layer.convs) - 1 or layer.relu_last:
+                if j < len(convs) - 1 or layer.relu_last:
                     yield Op(i, "relu", f"block{b}.relu{j}", out, out)
                 shape = out
             b += 1
@@ -444,12 +459,16 @@ def validate(spec: NetSpec) -> None:
         raise SpecError(f"{spec.name}: init must be one of {list(INITS)}, got {spec.init!r}")
     for field, low, high in (("init_std", 0.0, 10.0), ("bn_eps", 0.0, 1.0), ("bn_momentum", -1e-300, 1.0)):
         v = getattr(spec, field)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
+        if not finite(v) or not low < v <= high:
             raise SpecError(f"{spec.name}: {field} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
     if not spec.layers:
         raise SpecError(f"{spec.name}: a network needs at least one layer")
     if len(spec.layers) > MAX_LAYERS:
         raise SpecError(f"{spec.name}: {len(spec.layers)} layers, at most {MAX_LAYERS} are allowed")
+    convs = sum(1 + len(layer.mlp) for layer in spec.layers if isinstance(layer, NiNBlock)
+                and isinstance(layer.mlp, tuple))
+    if convs > MAX_CONVS:
+        raise SpecError(f"{spec.name}: {convs:,} convs, at most {MAX_CONVS} are allowed")
     flat = False
     post_relu = False  # padded max pooling is exact in every framework only on non-negative input
     for i, layer in enumerate(spec.layers):
@@ -555,7 +574,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, low, high in (("lr", 0.0, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
             v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = finite(v)
             ok = ok and (low < v <= high if name == "lr" else low <= v < high)
             if not ok:
                 raise SpecError(f"train config: {name} must be a number in "

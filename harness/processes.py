@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from common import backends
+from common import backends, calc
 
 ROOT = backends.ROOT
 
@@ -206,3 +206,39 @@ def call(name: str, module: str, args: list[str], timeout: float | None = None) 
 def print_result(result: dict) -> None:
     """The worker side of `call`: one JSON line, last on stdout."""
     print(json.dumps(result), flush=True)
+
+
+# --- the machine: how much memory a worker may count on -------------------------------------------
+def gpus() -> list[dict]:
+    """The GPUs nvidia-smi lists ({"name", "driver", "memory_bytes"} each), without importing a
+    framework; none when nvidia-smi is absent or fails."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in out.stdout.strip().splitlines() if out.returncode == 0 else []:
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 3:
+            name, driver, mib = fields
+            try:
+                found.append({"name": name, "driver": driver, "memory_bytes": int(float(mib)) * 2 ** 20})
+            except ValueError:  # "[N/A]": a GPU that does not say
+                found.append({"name": name, "driver": driver, "memory_bytes": None})
+    return found
+
+
+def memory_limit(device: str) -> tuple[int, str]:
+    """(bytes, what they are) that a worker on `device` may count on (common.calc.memory_limit): for
+    "gpu", the first GPU's memory when nvidia-smi tells it."""
+    if device == "gpu":
+        listed = gpus()
+        if listed and listed[0]["memory_bytes"]:
+            return calc.memory_limit((listed[0]["memory_bytes"], f"of the GPU ({listed[0]['name']})"))
+    return calc.memory_limit()
+
+
+def check_memory(need: int, *, what: str, device: str) -> None:
+    """CostError, before any worker starts, when `need` is more than a worker on `device` may count on."""
+    calc.check_memory(need, what=what, limit=memory_limit(device))

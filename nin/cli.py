@@ -18,8 +18,8 @@ flag, the field and what was expected; 3 the backend's framework is not installe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,16 +28,17 @@ import traceback
 from pathlib import Path
 
 from benchmarks import runner
-from common import backends, calc, tables
+from common import backends, calc, records, tables
 from common import spec as specs
 from common.backends import BackendError
+from common.calc import CostError
 from common.cases import PROBE, PROBE_CASES, Cases
 from common.data import DataError
-from common.fsio import OutputError, atomic_write_text, check_writable, remove_stale_temporaries
+from common.fsio import OutputError, atomic_write_text, check_writable, exclusive, remove_stale_temporaries
 from common.records import RecordError
 from common.spec import SpecError
 from common.weights import WeightsError
-from harness import processes
+from harness import flags, processes
 from idioms import cli as idioms_cli
 from training import cli as training_cli
 
@@ -54,28 +55,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _count(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
-        return value
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 7 * 24 * 3600:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 and below a week, got {text!r}")
-    return value
 
 
 def _spec_from(args) -> specs.NetSpec:
@@ -170,13 +149,55 @@ def cmd_record(args) -> int:
                                                 compile=args.compile))
     check_writable(out, "--out")
     _not_an_input(out, "--out", [v for v in variants if v.endswith(".json")])
-    r = run_record(args.backend, variants, device=args.device, precision=args.precision, compile=args.compile,
-                   out=out, quiet=True, timeout=args.timeout, quick=args.quick)
+    _recordable(args, variants, precisions=[args.precision])
+    _not_another_record(out, args, label=(args.backend, args.device, args.precision, args.compile),
+                        variants=variants)
+    with exclusive(out, "--out"):  # a second `nin record` to this file is refused while this one runs
+        r = run_record(args.backend, variants, device=args.device, precision=args.precision, compile=args.compile,
+                       out=out, quiet=True, timeout=args.timeout, quick=args.quick)
     if r.returncode == 0:
         print(out)
         return 0
     print(f"nin record: {args.backend}: {_worker_failure(r)}", file=sys.stderr)
-    return r.returncode if r.returncode in (2, 3) else 1
+    return r.returncode if r.returncode in (2, 3, 124) else 1
+
+
+def _recordable(args, variants: list[str], *, precisions: list[str]) -> None:
+    """Before any worker starts: every network can be recorded (Fashion-MNIST's ten classes, reference
+    work within what `nin compare` accepts: records.check_recordable) and fits in the memory of
+    --device at the largest precision asked for. Refused with the --variant (or --quick) named."""
+    cases = PROBE_CASES if args.quick else Cases()
+    for name in variants:
+        spec, where = (PROBE, "--quick") if args.quick else (specs.get(name), f"--variant {name}")
+        records.check_recordable(spec, cases, where)
+        precision = max(precisions, key=lambda p: records.record_memory(spec, cases, p))
+        processes.check_memory(records.record_memory(spec, cases, precision), device=args.device,
+                               what=f"recording {where} in {precision} on the {args.device}")
+
+
+def _record_label(meta: dict) -> tuple:
+    return tuple(meta.get(k) for k in ("backend", "device", "precision", "compile"))
+
+
+def _not_another_record(out: Path, args, *, label: tuple, variants: list[str]) -> None:
+    """Refuse, unless --overwrite, to replace a file at `out` that is not a record, or a record that
+    holds what this command will not write again (another backend, device, precision or compile
+    mode; a variant it does not record, or records as another network): two `nin record` runs of
+    different networks to one --out would otherwise both succeed, and the first record be lost."""
+    if args.overwrite or not out.exists():
+        return
+    meta = records.peek(out)
+    if meta is None or not isinstance(meta.get("variants"), dict):
+        raise UsageError(f"--out {out} exists and is not a record; give another --out, or --overwrite to replace it")
+    new = {PROBE.name: PROBE.to_dict()} if args.quick else {s.name: s.to_dict() for s in map(specs.get, variants)}
+    old = meta["variants"]
+    lost = sorted(name for name, info in old.items()
+                  if name not in new or not isinstance(info, dict) or info.get("spec") != new[name])
+    if _record_label(meta) != tuple(label) or lost:
+        held = " ".join(map(str, _record_label(meta)))
+        raise UsageError(f"--out {out} holds a {held} record of {sorted(old)}; this one would be "
+                         f"{' '.join(label)} of {sorted(new)}, and {lost or sorted(old)} would be lost: give "
+                         "another --out, or --overwrite to replace it")
 
 
 def _last_line(text: str) -> str:
@@ -193,14 +214,24 @@ def _worker_failure(r: subprocess.CompletedProcess) -> str:
     return _last_line(r.stderr)
 
 
+def _resolved(path, flag: str) -> Path:
+    """The absolute path with links followed; a loop of symbolic links is a UsageError naming the flag
+    (Python 3.11's resolve() raises RuntimeError for it)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise UsageError(f"{flag} {path}: cannot be followed: {getattr(e, 'strerror', None) or e}") from None
+
+
 def _not_an_input(out: Path, flag: str, inputs: list) -> None:
     """Refuse to write over a file this command reads."""
     for p in inputs:
-        if Path(p).resolve() == Path(out).resolve():
+        if _resolved(p, "input") == _resolved(out, flag):
             raise UsageError(f"{flag} {out} is also an input of this command: it would be overwritten")
 
 
-def _matrix_outputs(args, inputs: list) -> None:
+def _matrix_outputs(args, inputs: list) -> dict[str, Path]:
+    """--report and --json-out, each checked before the work: writable, not an input, not one file."""
     outputs = {}
     for flag in ("report", "json_out"):
         path = getattr(args, flag, None)
@@ -208,15 +239,18 @@ def _matrix_outputs(args, inputs: list) -> None:
             name = f"--{flag.replace('_', '-')}"
             check_writable(path, name)
             _not_an_input(Path(path), name, inputs)
-            outputs[name] = Path(path).resolve()
-    if len(set(outputs.values())) < len(outputs):
+            outputs[name] = Path(path)
+    if len({_resolved(p, "--report") for p in outputs.values()}) < len(outputs):
         raise UsageError(f"--report and --json-out are the same file, {args.report}: one would overwrite the other")
+    return outputs
 
 
 def _existing_files(paths: list, what: str) -> None:
     """Refuse, before any work, a path that is not there or is not a file (a typo, an unexpanded glob)."""
     for path in paths:
         p = Path(path)
+        if not p.exists() and os.path.lexists(p):
+            raise UsageError(f"{what} {path}: a symbolic link that leads nowhere, or a loop of them")
         if not p.exists():
             raise UsageError(f"{what} {path}: no such file")
         if p.is_dir():
@@ -226,10 +260,18 @@ def _existing_files(paths: list, what: str) -> None:
 
 
 def cmd_compare(args) -> int:
+    _existing_files(args.records, "record")
+    outputs = _matrix_outputs(args, args.records)
+    with contextlib.ExitStack() as held:
+        for flag, path in outputs.items():
+            held.enter_context(exclusive(path, flag))  # a second writer of the report is refused meanwhile
+        return _compare_and_write(args)
+
+
+def _compare_and_write(args) -> int:
+    """Compare args.records, print the matrix and write --report and --json-out (their locks held)."""
     from conformance import compare, matrix
 
-    _existing_files(args.records, "record")
-    _matrix_outputs(args, args.records)
     result = compare.compare(args.records, use_cache=not args.no_cache,
                              progress=None if args.json else lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     text = matrix.render(result)
@@ -258,11 +300,24 @@ def _compiled_only(args, variants: list[str]) -> set[str] | None:
 def cmd_conformance(args) -> int:
     variants = _variants(args)
     compiled = _compiled_only(args, variants)
-    _matrix_outputs(args, [v for v in variants if v.endswith(".json")])
+    outputs = _matrix_outputs(args, [v for v in variants if v.endswith(".json")])
     outdir = Path(args.out_dir or (Path("records") / "quick" if args.quick else "records"))
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"--out-dir {outdir} is a file, not a folder")
     check_writable(outdir / record_name("probe", device=args.device, precision="fp32", compile="eager"), "--out-dir")
+    jobs = _conformance_jobs(args, variants, compiled, outdir)
+    _recordable(args, variants, precisions=args.precision)
+    for name, precision, compile, chosen, out in jobs:
+        check_writable(out, "--out-dir")
+        _not_another_record(out, args, label=(name, args.device, precision, compile), variants=chosen)
+    with contextlib.ExitStack() as held:  # every file this sweep writes: a second writer is refused meanwhile
+        for path, flag in [(job[4], "--out-dir") for job in jobs] + [(p, f) for f, p in outputs.items()]:
+            held.enter_context(exclusive(path, flag))
+        return _record_and_compare(args, variants, jobs)
+
+
+def _conformance_jobs(args, variants: list[str], compiled: set[str] | None, outdir: Path) -> list[tuple]:
+    """(backend, precision, compile, variants, record path) of every record the sweep makes."""
     modes = ["eager"] if args.quick else args.compile  # the quick tier: eager only
     plan = [(b, p, c) for b in (args.backend or list(backends.BACKENDS)) for p in args.precision for c in modes
             if c in backends.get(b).compile_modes]
@@ -272,6 +327,11 @@ def cmd_conformance(args) -> int:
         if chosen:
             jobs.append((name, precision, compile, chosen,
                          outdir / record_name(name, device=args.device, precision=precision, compile=compile)))
+    return jobs
+
+
+def _record_and_compare(args, variants: list[str], jobs: list[tuple]) -> int:
+    """Record every job, the longest first, then compare what was made; 1 when a record failed."""
     # The longest first, so that the workers finish together: how long each took last time on this
     # machine, else a guess (a compiled record about twice its eager one, float64 1.3 times float32).
     # The matrix lists the records in the registry's order whatever order they were made in.
@@ -295,15 +355,15 @@ def cmd_conformance(args) -> int:
             made.append(out)
     if references:
         references.join()
-    for s in skipped:
-        print(f"skipped {s}", file=sys.stderr)
-    for f in failed:
-        print(f"nin conformance: recording failed: {f}", file=sys.stderr)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    for line in failed:
+        print(f"nin conformance: recording failed: {line}", file=sys.stderr)
     if not made:
         print("nin conformance: no backend could be recorded", file=sys.stderr)
         return 1
     args.records = [str(p) for p in made]
-    status = cmd_compare(args)
+    status = _compare_and_write(args)
     return 1 if failed else status
 
 
@@ -412,6 +472,8 @@ def cmd_error_model(args) -> int:
     progress = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     for name in _variants(args):
         spec = specs.get(name)
+        records.check_recordable(spec, cases, f"--variant {name}")  # the spreads repeat the reference's work
+        calc.check_memory(records.record_memory(spec, cases, "fp64"), what=f"--variant {name}: its float64 runs")
         ref = as_updates(reference_results(spec, cases), weights.init(spec, cases.init_seed))
         for precision in args.precision:
             if args.write:
@@ -460,37 +522,42 @@ def cmd_data(args) -> int:
 def _add_spec_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--variant", default="d2l", choices=sorted(specs.VARIANTS), help="a named network (default d2l)")
-    g.add_argument("--spec", metavar="FILE", help="a network spec as JSON (the format: docs/architecture.md)")
+    g.add_argument("--spec", metavar="FILE", type=flags.path,
+                   help="a network spec as JSON (the format: docs/architecture.md)")
 
 
 def _record_args(q, many: bool) -> None:
     names = sorted(backends.BACKENDS)
     if many:
-        q.add_argument("--backend", nargs="+", choices=names, metavar="NAME",
+        q.add_argument("--backend", nargs="+", action=flags.Distinct, choices=names, metavar="NAME",
                        help=f"backends to record (default: all of {', '.join(names)})")
-        q.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32", "fp64"],
+        q.add_argument("--precision", nargs="+", action=flags.Distinct, choices=PRECISIONS, default=["fp32", "fp64"],
                        help="fp32 (TF32 off, deterministic), fp64 (float64 everywhere), fast (TF32 / bf16 allowed); "
                             "default: fp32 fp64")
-        q.add_argument("--compile", nargs="+", choices=("eager", "compiled"), default=["eager", "compiled"],
-                       help="eager and/or each framework's compiler (default: both)")
-        q.add_argument("--compile-variants", nargs="+", metavar="VARIANT",
+        q.add_argument("--compile", nargs="+", action=flags.Distinct, choices=("eager", "compiled"),
+                       default=["eager", "compiled"], help="eager and/or each framework's compiler (default: both)")
+        q.add_argument("--compile-variants", nargs="+", action=flags.Distinct, metavar="VARIANT",
                        help="record compiled mode for these variants only (compilation is slow on a CPU)")
     else:
         q.add_argument("--backend", required=True, choices=names, metavar="NAME", help=", ".join(names))
         q.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp64 or fast")
         q.add_argument("--compile", choices=("eager", "compiled"), default="eager", help="eager (default) or compiled")
-    q.add_argument("--variant", nargs="+", help="variants (names or .json spec files) to record (default: all)")
+    q.add_argument("--variant", nargs="+", action=flags.Distinct,
+                   help="variants (names or .json spec files) to record (default: all)")
     q.add_argument("--quick", action="store_true",
                    help="the quick tier: a small probe network (common.cases.PROBE) instead of the variants, eager "
                         "only; the case every planted bug is judged on (records/quick/ by default)")
     q.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where the backend computes (default cpu)")
-    q.add_argument("--timeout", type=_seconds, default=3600, help="seconds allowed per record (default 3600)")
+    q.add_argument("--timeout", type=flags.seconds, default=3600, help="seconds allowed per record (default 3600)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing record even when it holds another backend, device, precision, compile "
+                        "mode or variant (refused without it: that record would be lost)")
 
 
 def _matrix_args(q) -> None:
     q.add_argument("--json", action="store_true", help="print one JSON object instead of the matrix")
-    q.add_argument("--report", metavar="FILE", help="also write the matrix to this Markdown file")
-    q.add_argument("--json-out", metavar="FILE", help="also write the JSON to this file")
+    q.add_argument("--report", metavar="FILE", type=flags.path, help="also write the matrix to this Markdown file")
+    q.add_argument("--json-out", metavar="FILE", type=flags.path, help="also write the JSON to this file")
     q.add_argument("--no-cache", action="store_true", help="recompute the float64 reference")
 
 
@@ -502,7 +569,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs; memory for training and inference")
     _add_spec_args(s)
-    s.add_argument("--batch-size", type=_count(1, 1_000_000), default=1,
+    s.add_argument("--batch-size", type=flags.count(1, 1_000_000), default=1,
                    help="images per batch, for the memory figures (default 1)")
     s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="element type of weights and activations, for the memory figures (default float32)")
@@ -511,25 +578,27 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", help="write one backend's conformance record (runs in that backend's environment)")
     _record_args(r, False)
-    r.add_argument("--out", help="record file (default records/<backend>-<device>-<precision>-<compile>.safetensors)")
+    r.add_argument("--out", type=flags.path,
+                   help="record file (default records/<backend>-<device>-<precision>-<compile>.safetensors)")
     r.set_defaults(func=cmd_record)
 
     c = sub.add_parser("compare", help="compare records with the reference and with each other")
-    c.add_argument("records", nargs="+", help="record files")
+    c.add_argument("records", nargs="+", type=flags.path, help="record files")
     _matrix_args(c)
     c.set_defaults(func=cmd_compare)
 
     k = sub.add_parser("conformance", help="record every installed backend and compare (the main job)")
     _record_args(k, True)
-    k.add_argument("--out-dir", help="where the records go (default records/, records/quick/ with --quick)")
-    k.add_argument("--jobs", type=_count(1, 64), default=min(4, os.cpu_count() or 1),
+    k.add_argument("--out-dir", type=flags.path,
+                   help="where the records go (default records/, records/quick/ with --quick)")
+    k.add_argument("--jobs", type=flags.count(1, 64), default=min(4, os.cpu_count() or 1),
                    help="records made at once, each in its own process (default: the CPUs, at most 4)")
     _matrix_args(k)
     k.set_defaults(func=cmd_conformance)
 
     e = sub.add_parser("error-model", help="the spreads behind every tolerance (common/error_model.json)")
-    e.add_argument("--variant", nargs="+", help="variants (default: all)")
-    e.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+    e.add_argument("--variant", nargs="+", action=flags.Distinct, help="variants (default: all)")
+    e.add_argument("--precision", nargs="+", action=flags.Distinct, choices=PRECISIONS, default=list(PRECISIONS),
                    help="precisions whose spreads to show (default: all)")
     e.add_argument("--write", action="store_true", help="measure again and store in common/error_model.json")
     e.add_argument("--json", action="store_true", help="one JSON object instead of the table")
@@ -540,7 +609,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=runner.main)
 
     d = sub.add_parser("data", help="Fashion-MNIST: find it or download it (once), and verify it (sha256)")
-    d.add_argument("--data-dir", metavar="DIR",
+    d.add_argument("--data-dir", metavar="DIR", type=flags.path,
                    help="look (and download) here only (default: $NIN_DATA_DIR, ../shared/data/fashion-mnist, "
                         "~/.cache/nin/fashion-mnist)")
     d.add_argument("--no-download", action="store_true", help="only find and verify; fail if a file is missing")
@@ -559,7 +628,7 @@ def main(argv=None) -> int:
             return args.func(args)
         except SpecError as e:
             print(f"nin: bad spec: {_one_line(e)}", file=sys.stderr)
-        except (RecordError, WeightsError, DataError, OutputError, BackendError, UsageError) as e:
+        except (RecordError, WeightsError, DataError, OutputError, BackendError, UsageError, CostError) as e:
             print(f"nin: {_one_line(e)}", file=sys.stderr)
         except OSError as e:
             print(f"nin: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from common import backends, tables
 from common import spec as specs
-from common.fsio import atomic_write_text, check_writable
-from harness import processes
+from common.calc import CostError
+from common.fsio import OutputError, atomic_write_text, check_writable, exclusive
+from harness import flags, processes
 
 from . import recipe as recipes
 from . import report as reports
@@ -43,8 +44,8 @@ def _one_line(command):
     def run(args) -> int:
         try:
             return command(args)
-        except (RunError, SettingsError) as e:
-            print(f"nin {args.command}: {e}", file=sys.stderr)
+        except (RunError, SettingsError, CostError, OutputError) as e:
+            print(f"nin {args.command}: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
     return run
 
@@ -73,7 +74,10 @@ def _explicit(args) -> dict:
 def _variant_arg(name: str) -> str:
     """A named variant, or a JSON spec file (made absolute: the worker runs in the repository)."""
     if name.endswith(".json"):
-        specs.get(name)
+        try:
+            specs.get(name)
+        except specs.SpecError as e:  # argparse would print only "invalid value" for a ValueError
+            raise argparse.ArgumentTypeError(" ".join(str(e).split())) from None
         return str(Path(name).resolve())
     if name not in specs.VARIANTS:
         raise argparse.ArgumentTypeError(f"expected one of {sorted(specs.VARIANTS)} or a .json spec file, "
@@ -118,36 +122,56 @@ def _epoch_rows(epochs: list[dict]) -> tuple[list, list]:
 def cmd_train(args) -> int:
     out = Path(args.out or Path("runs") / f"{args.backend}-{Path(args.variant or 'd2l').stem}-seed{args.seed or 0}")
     if args.resume:
-        s = runs.stored_settings(out)
-        differ = [f"--{k.replace('_', '-')} {v} (the run has {getattr(s, k)})" for k, v in _explicit(args).items()
-                  if k != "variant" and getattr(s, k) != v]
-        if args.variant and _variant_arg(args.variant) != s.variant:
-            differ.append(f"--variant {args.variant} (the run has {s.variant})")
-        if s.backend != args.backend:
-            differ.append(f"--backend {args.backend} (the run has {s.backend})")
-        if differ:
-            raise RunError(f"{out}: --resume continues the run with its own settings; these differ: "
-                           + "; ".join(differ))
-        _, done, _ = runs.read_metrics(out)
-        if len(done) == s.epochs and (out / runs.CHECKPOINT).exists():
-            print(f"nin train: {out} is complete ({s.epochs} epochs)", file=sys.stderr)
+        s = _resumed(args, out)
+        if s is None:
             return _show_run(out, args.json)
     else:
         s = _settings(args, args.backend)
-        if (out / runs.METRICS).exists() or (out / runs.CHECKPOINT).exists():
+        if runs.existing(out / runs.METRICS, "metrics file") or runs.existing(out / runs.CHECKPOINT, "checkpoint"):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         check_writable(out / runs.METRICS, "--out")
-    code, result = run_worker("train", s, out, extra=["--resume"] if args.resume else [], quiet=args.quiet,
-                              timeout=args.timeout)
+    processes.check_memory(recipes.memory_bytes(s), device=s.device, what=_what(s))
+    with exclusive(out / runs.METRICS, "--out"):  # a second `nin train` into this run is refused meanwhile
+        code, result = run_worker("train", s, out, extra=["--resume"] if args.resume else [], quiet=args.quiet,
+                                  timeout=args.timeout)
     if code == 3:
         print(f"nin train: {s.backend} is not installed ({result.get('reason', 'see above')})", file=sys.stderr)
         return 3
+    if code < 0:  # killed: by the kernel's out-of-memory killer, most likely
+        print(f"nin train: {s.backend}: the worker was killed by signal {-code} "
+              f"({'SIGKILL: out of memory?' if code == -9 else 'not by nin'}); no epoch after the last "
+              "checkpoint was kept", file=sys.stderr)
+        return 1
     if code not in (0, EXIT_DIVERGED) or not (out / runs.METRICS).exists():
         if result.get("reason") and code != 2:
             print(f"nin train: {s.backend} failed: {result['reason']}", file=sys.stderr)
         return code or 1
     _show_run(out, args.json)
     return code
+
+
+def _what(s: Settings) -> str:
+    """The flags that size a run, for a message about its memory."""
+    return f"--variant {s.variant} at --resize {s.resize} and --batch-size {s.batch_size} ({s.epochs} epochs)"
+
+
+def _resumed(args, out: Path) -> Settings | None:
+    """The stored settings of the run in `out` (runs.stored_settings: its checkpoint and metrics agree),
+    when the flags typed agree with them; None when the run is complete already."""
+    s = runs.stored_settings(out)
+    differ = [f"--{k.replace('_', '-')} {v} (the run has {getattr(s, k)})" for k, v in _explicit(args).items()
+              if k != "variant" and getattr(s, k) != v]
+    if args.variant and _variant_arg(args.variant) != s.variant:
+        differ.append(f"--variant {args.variant} (the run has {s.variant})")
+    if s.backend != args.backend:
+        differ.append(f"--backend {args.backend} (the run has {s.backend})")
+    if differ:
+        raise RunError(f"{out}: --resume continues the run with its own settings; these differ: " + "; ".join(differ))
+    done = runs.read_metrics(out)[1] if runs.existing(out / runs.METRICS, "metrics file") else []
+    if len(done) == s.epochs and runs.existing(out / runs.CHECKPOINT, "checkpoint"):
+        print(f"nin train: {out} is complete ({s.epochs} epochs)", file=sys.stderr)
+        return None
+    return s
 
 
 def _show_run(out: Path, as_json: bool) -> int:
@@ -171,8 +195,6 @@ def _show_run(out: Path, as_json: bool) -> int:
 # --- nin sweep / report / plot -------------------------------------------------------------------
 @_one_line
 def cmd_sweep(args) -> int:
-    from tqdm import tqdm
-
     out = Path(args.out)
     check_writable(out / "report.md", "--out")
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
@@ -183,11 +205,21 @@ def cmd_sweep(args) -> int:
             for backend in args.backend:
                 s = _settings(args, backend, variant=variant, seed=seed)
                 plan.append((s, out / Path(variant).stem / backend / f"seed{seed}"))
+    worst = max((s for s, _ in plan), key=recipes.memory_bytes)
+    processes.check_memory(recipes.memory_bytes(worst), device=worst.device, what=_what(worst))
+    with exclusive(out / "report.md", "--out"):  # a second `nin sweep` into this folder is refused meanwhile
+        return _sweep(args, out, plan, variants)
+
+
+def _sweep(args, out: Path, plan: list, variants: list[str]) -> int:
+    """Run (or resume, or skip when done) every run of the plan, then write and print the report."""
+    from tqdm import tqdm
+
     failed = []
     bar = tqdm(plan, desc="sweep", unit="run", file=sys.stderr, dynamic_ncols=True, disable=args.json)
     for s, run_dir in bar:
         bar.set_postfix_str(f"{Path(s.variant).stem} {s.backend} seed {s.seed}")
-        resume = (run_dir / runs.METRICS).exists()
+        resume = runs.existing(run_dir / runs.METRICS, "metrics file")
         if resume:
             stored = runs.stored_settings(run_dir)
             if stored != s:
@@ -285,10 +317,6 @@ def analyse_range_test(result: dict, beta: float = 0.9) -> dict:
 
 @_one_line
 def cmd_lr_find(args) -> int:
-    from tqdm import tqdm
-
-    from . import plots
-
     out = Path(args.out)
     check_writable(out / "lr_find.md", "--out")
     if not 0 < args.min_lr <= args.max_lr:
@@ -296,27 +324,55 @@ def cmd_lr_find(args) -> int:
     variants = args.variant_list or [args.variant or "d2l"]
     ranges = [(r, r) for r in args.rates] if args.rates else [(args.min_lr, args.max_lr)]
     seeds = args.seed_list or [args.seed or 0]
-    results, failed = [], []
     plan = [(b, v, r, seed) for r in ranges for v in variants for seed in seeds for b in args.backend]
+    tests = [_settings(args, b, variant=v, seed=seed) for b, v, _, seed in plan]
+    worst = max(tests, key=lambda s: recipes.memory_bytes(s, range_test_steps=args.steps))
+    processes.check_memory(recipes.memory_bytes(worst, range_test_steps=args.steps), device=worst.device,
+                           what=f"--variant {worst.variant} at --resize {worst.resize}, --batch-size "
+                                f"{worst.batch_size} and --steps {args.steps}")
+    with exclusive(out / "lr_find.md", "--out"):  # a second `nin lr-find` into this folder is refused meanwhile
+        return _lr_find(args, out, plan)
+
+
+def _lr_find(args, out: Path, plan: list) -> int:
+    """Run (or, with --keep, reuse) every range test of the plan, then plot, tabulate and write them."""
+    from tqdm import tqdm
+
+    results, failed, codes = [], [], []
     for backend, variant, (low, high), seed in tqdm(plan, desc="lr-find", unit="test", file=sys.stderr,
                                                      disable=len(plan) == 1):
         s = _settings(args, backend, variant=variant, seed=seed)
         name = f"{backend}-{Path(variant).stem}" + (f"-lr{low:g}" if args.rates else "") + \
             (f"-seed{seed}" if args.seed_list else "")
         run_dir = out / name
-        if (run_dir / "lr_find.json").exists() and args.keep:
-            results.append(analyse_range_test(json.loads((run_dir / "lr_find.json").read_text())))
+        if args.keep and runs.existing(run_dir / "lr_find.json", "range test"):
+            results.append(analyse_range_test(runs.read_lr_find(run_dir / "lr_find.json")))
             continue
         code, result = run_worker("lr-find", s, run_dir, quiet=args.quiet, timeout=args.timeout, extra=[
             "--min-lr", repr(low), "--max-lr", repr(high), "--steps", str(args.steps)])
         if code != 0:
             failed.append(f"{name}: {result.get('reason', f'exit status {code}')}")
+            codes.append(code)
             continue
-        results.append(analyse_range_test(json.loads((run_dir / "lr_find.json").read_text())))
+        results.append(analyse_range_test(runs.read_lr_find(run_dir / "lr_find.json")))
     if not results:
         for f in failed:
             print(f"nin lr-find: {f}", file=sys.stderr)
-        return 1
+        return codes[0] if len(plan) == 1 and codes[0] in (2, 3, 124) else 1  # one test: its worker's status
+    png = _lr_find_report(args, out, results)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k not in ("losses", "lrs", "smoothed")} for r in results],
+                         indent=2))
+    else:
+        print("\n".join(tables.text(*_lr_find_table(args, results))))
+        print(f"wrote {out / 'lr_find.md'} and {png}")
+    for f in failed:
+        print(f"nin lr-find: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _lr_find_table(args, results: list[dict]) -> tuple[list, list]:
+    """(header, rows) of the range tests, or of the plateau probe's held rates (--rates)."""
     if args.rates:  # the plateau probe: one rate held per run
         header = ["backend", "variant", "optimizer", "batch", "lr", "seed", "steps", "below ln10-0.1 at step",
                   "dead from step", "final loss (smoothed)", "stopped"]
@@ -329,6 +385,14 @@ def cmd_lr_find(args) -> int:
         rows = [[r["backend"], Path(r["variant"]).stem, _optimizer(r["settings"]), r["settings"]["batch_size"],
                  len(r["losses"]), _g(r["steepest_lr"]), _g(r.get("min_loss")), _g(r["min_lr"]), _g(r["blowup_lr"]),
                  r["leaves_plateau_at_step"] or "-", r["dies_at_step"] or "-", r["stopped"]] for r in results]
+    return header, rows
+
+
+def _lr_find_report(args, out: Path, results: list[dict]) -> Path:
+    """OUT/lr_find.png and OUT/lr_find.md: the curves, the table, the settings, the device, the command."""
+    from . import plots
+
+    header, rows = _lr_find_table(args, results)
     png = plots.plot_lr_find(results, out / "lr_find.png", title=args.title or "LR range test")
     s0 = results[0]["settings"]
     md = [f"# {args.title or 'LR range test'}", "", *tables.markdown(header, rows), "",
@@ -345,15 +409,7 @@ def cmd_lr_find(args) -> int:
                       for r in {r["backend"]: r for r in results}.values()) + ".",
           "", "Command:", "", "```", _command_line(), "```", ""]
     atomic_write_text(out / "lr_find.md", "\n".join(md))
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k not in ("losses", "lrs", "smoothed")} for r in results],
-                         indent=2))
-    else:
-        print("\n".join(tables.text(header, rows)))
-        print(f"wrote {out / 'lr_find.md'} and {png}")
-    for f in failed:
-        print(f"nin lr-find: {f}", file=sys.stderr)
-    return 1 if failed else 0
+    return png
 
 
 def _optimizer(s: dict) -> str:
@@ -365,23 +421,22 @@ def _g(x) -> str:
 
 
 # --- the parser ---------------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _flag(field: str):
+    """The argparse type of a Settings field's flag: its range (recipe.NUMBERS / INTEGERS), checked
+    when the command line is parsed, with the flag's name in the one-line error."""
+    if field in recipes.INTEGERS:
+        return flags.count(*recipes.INTEGERS[field])
+    low, high, low_open = recipes.NUMBERS[field]
+    return flags.number(low, high, low_open=low_open)
 
 
 def _recipe_args(p, *, many: bool) -> None:
     names = sorted(backends.BACKENDS)
     if many:
-        p.add_argument("--backend", nargs="+", required=True, choices=names, metavar="NAME",
+        p.add_argument("--backend", nargs="+", action=flags.Distinct, required=True, choices=names, metavar="NAME",
                        help=f"backends ({', '.join(names)})")
         p.add_argument("--variant", type=_variant_arg, help="one network (default d2l)")
-        p.add_argument("--variant-list", nargs="+", type=_variant_arg, metavar="VARIANT",
+        p.add_argument("--variant-list", nargs="+", action=flags.Distinct, type=_variant_arg, metavar="VARIANT",
                        help="several networks, each with the same recipe and seeds")
     else:
         p.add_argument("--backend", required=True, choices=names, metavar="NAME", help=", ".join(names))
@@ -392,27 +447,30 @@ def _recipe_args(p, *, many: bool) -> None:
                    help="chapter: SGD lr 0.1, 5 epochs; book: SGD lr 0.05, 10 epochs; tuned (default): "
                         + ", ".join(f"{k} {v}" for k, v in recipes.RECIPES["tuned"].items()))
     g.add_argument("--optimizer", choices=recipes.OPTIMIZERS, help="sgd or momentum (heavy ball, --momentum)")
-    g.add_argument("--lr", type=float, help="the peak learning rate")
-    g.add_argument("--momentum", type=float, help="momentum of --optimizer momentum (default 0.9)")
+    g.add_argument("--lr", type=_flag("lr"), help="the peak learning rate")
+    g.add_argument("--momentum", type=_flag("momentum"), help="momentum of --optimizer momentum (default 0.9)")
     g.add_argument("--schedule", choices=recipes.SCHEDULES, help="after the warm-up: constant, cosine or linear to 0")
-    g.add_argument("--warmup", type=float, help="epochs of linear warm-up from 0 to --lr")
-    g.add_argument("--weight-decay", type=float, help="coupled L2 (g += wd * w)")
-    g.add_argument("--batch-size", type=int, help="images per training step")
-    g.add_argument("--epochs", type=int, help="passes over the training images")
+    g.add_argument("--warmup", type=_flag("warmup"), help="epochs of linear warm-up from 0 to --lr")
+    g.add_argument("--weight-decay", type=_flag("weight_decay"), help="coupled L2 (g += wd * w)")
+    g.add_argument("--batch-size", type=_flag("batch_size"), help="images per training step")
+    g.add_argument("--epochs", type=_flag("epochs"), help="passes over the training images")
     d = p.add_argument_group("data and device")
-    d.add_argument("--resize", type=int, help="input size, 28 -> N bilinear on the device (default 224)")
-    d.add_argument("--train-limit", type=int, help="train on the first N training images (default all 60,000)")
-    d.add_argument("--test-limit", type=int, help="test on the first N test images (default all 10,000)")
+    d.add_argument("--resize", type=_flag("resize"), help="input size, 28 -> N bilinear on the device (default 224)")
+    d.add_argument("--train-limit", type=_flag("train_limit"),
+                   help="train on the first N training images (default all 60,000)")
+    d.add_argument("--test-limit", type=_flag("test_limit"),
+                   help="test on the first N test images (default all 10,000)")
     if not many:
-        d.add_argument("--seed", type=int, help="canonical init, data order and dropout (default 0)")
+        d.add_argument("--seed", type=_flag("seed"), help="canonical init, data order and dropout (default 0)")
     d.add_argument("--device", choices=recipes.DEVICES, help="cpu (default) or gpu")
     d.add_argument("--precision", choices=recipes.PRECISIONS,
                    help="fp32 (default: no TF32, deterministic kernels) or fast (TF32, autotuning)")
     d.add_argument("--compile", choices=recipes.COMPILES,
                    help="compiled (default: torch.compile, hybridize, jit_compile, jax.jit) or eager")
-    d.add_argument("--max-loss", type=float, help="a batch loss above this stops the run as diverged (default 100)")
-    d.add_argument("--eval-every", type=int, help="test every N epochs and after the last (default 1)")
-    p.add_argument("--timeout", type=_positive_float, help="seconds allowed per run")
+    d.add_argument("--max-loss", type=_flag("max_loss"),
+                   help="a batch loss above this stops the run as diverged (default 100)")
+    d.add_argument("--eval-every", type=_flag("eval_every"), help="test every N epochs and after the last (default 1)")
+    p.add_argument("--timeout", type=flags.seconds, help="seconds allowed per run (below a week)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
 
 
@@ -424,10 +482,16 @@ def _defaults_from_settings(p) -> None:
 
 def add_commands(sub) -> None:
     """Add this driver's subcommands to the `nin` parser's subparsers (nin/cli.py calls it)."""
+    _add_train_and_sweep(sub)
+    _add_report_plot_and_lr_find(sub)
+
+
+def _add_train_and_sweep(sub) -> None:
     t = sub.add_parser("train", help="train one backend on Fashion-MNIST: metrics, checkpoints, --resume")
     _recipe_args(t, many=False)
     _defaults_from_settings(t)
-    t.add_argument("--out", metavar="DIR", help="the run directory (default runs/<backend>-<variant>-seed<seed>)")
+    t.add_argument("--out", metavar="DIR", type=flags.path,
+                   help="the run directory (default runs/<backend>-<variant>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -435,19 +499,22 @@ def add_commands(sub) -> None:
     w = sub.add_parser("sweep", help="train backends x variants x seeds with one recipe (resumable), then report")
     _recipe_args(w, many=True)
     _defaults_from_settings(w)
-    w.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    w.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="these seeds instead")
-    w.add_argument("--out", required=True, metavar="DIR", help="DIR/<variant>/<backend>/seed<k>, report.md, curves.png")
-    w.add_argument("--margin", type=_positive_float, default=0.5,
+    w.add_argument("--seeds", type=flags.count(1, 1000), default=5, help="seeds 0..N-1 (default 5; 1 to 1000)")
+    w.add_argument("--seed-list", type=_flag("seed"), nargs="+", action=flags.Distinct, metavar="SEED",
+                   help="these seeds instead")
+    w.add_argument("--out", required=True, metavar="DIR", type=flags.path,
+                   help="DIR/<variant>/<backend>/seed<k>, report.md, curves.png")
+    w.add_argument("--margin", type=flags.number(0, 100), default=0.5,
                    help="equivalence margin in percentage points of test accuracy (default 0.5)")
     w.add_argument("--title", help="the report's title")
     w.add_argument("--retry-diverged", action="store_true", help="run diverged runs again (they are deterministic)")
     w.set_defaults(func=cmd_sweep)
 
+def _add_report_plot_and_lr_find(sub) -> None:
     r = sub.add_parser("report", help="summary and backend agreement (TOST) of training runs")
-    r.add_argument("runs", nargs="+", help="run directories, or folders holding them")
-    r.add_argument("--margin", type=_positive_float, default=0.5, help="equivalence margin in pp (default 0.5)")
-    r.add_argument("--out", metavar="DIR", help="also write DIR/report.md, report.json and curves.png")
+    r.add_argument("runs", nargs="+", type=flags.path, help="run directories, or folders holding them")
+    r.add_argument("--margin", type=flags.number(0, 100), default=0.5, help="equivalence margin in pp (default 0.5)")
+    r.add_argument("--out", metavar="DIR", type=flags.path, help="also write DIR/report.md, report.json and curves.png")
     r.add_argument("--color-by", choices=("backend", "variant"), default="backend",
                    help="one colour per backend (default) or per variant in the curves")
     r.add_argument("--title", help="the report's and the plot's title")
@@ -455,8 +522,8 @@ def add_commands(sub) -> None:
     r.set_defaults(func=cmd_report)
 
     pl = sub.add_parser("plot", help="training curves of runs overlaid, one colour per backend (a PNG)")
-    pl.add_argument("runs", nargs="+", help="run directories, or folders holding them")
-    pl.add_argument("--out", metavar="FILE",
+    pl.add_argument("runs", nargs="+", type=flags.path, help="run directories, or folders holding them")
+    pl.add_argument("--out", metavar="FILE", type=flags.path,
                     help="the PNG (default RUN/curves.png for one run, else curves.png in the folder holding them all)")
     pl.add_argument("--color-by", choices=("backend", "variant"), default="backend",
                     help="one colour per backend (default) or per variant")
@@ -466,17 +533,20 @@ def add_commands(sub) -> None:
     f = sub.add_parser("lr-find", help="learning-rate range test (exercise 1), plotted")
     _recipe_args(f, many=True)
     _defaults_from_settings(f)
-    f.add_argument("--seed", type=int, help="canonical init and data order (default 0)")
-    f.add_argument("--min-lr", type=_positive_float, default=1e-4,
+    f.add_argument("--seed", type=_flag("seed"), help="canonical init and data order (default 0)")
+    f.add_argument("--min-lr", type=_flag("lr"), default=1e-4,
                    help="the range test's first rate (default 1e-4)")
-    f.add_argument("--max-lr", type=_positive_float, default=10.0,
+    f.add_argument("--max-lr", type=_flag("lr"), default=10.0,
                    help="the range test's last rate, reached geometrically over --steps (default 10)")
-    f.add_argument("--steps", type=int, default=100, help="one step per rate (default 100)")
-    f.add_argument("--rates", type=_positive_float, nargs="+", metavar="LR",
+    f.add_argument("--steps", type=flags.count(1, 100_000), default=100,
+                   help="one step per rate (default 100; at most 100,000)")
+    f.add_argument("--rates", type=_flag("lr"), nargs="+", action=flags.Distinct, metavar="LR",
                    help="instead of the range test, hold each of these rates for --steps steps (the plateau probe)")
-    f.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="repeat for each of these seeds")
+    f.add_argument("--seed-list", type=_flag("seed"), nargs="+", action=flags.Distinct, metavar="SEED",
+                   help="repeat for each of these seeds")
     f.add_argument("--keep", action="store_true", help="reuse results already in --out instead of running again")
-    f.add_argument("--out", required=True, metavar="DIR", help="DIR/<backend>-<variant>/lr_find.json, DIR/lr_find.png")
+    f.add_argument("--out", required=True, metavar="DIR", type=flags.path,
+                   help="DIR/<backend>-<variant>/lr_find.json, DIR/lr_find.png")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--title", help="the plot's title")
     f.set_defaults(func=cmd_lr_find)

@@ -14,13 +14,13 @@ A checkpoint taken between epochs therefore needs no framework RNG state to resu
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from common import backends
+from common import backends, calc
 from common import spec as specs
+from common.data import CLASSES
 
 OPTIMIZERS = ("sgd", "momentum")  # plain SGD (the chapter) or heavy-ball momentum, coupled L2 in both
 SCHEDULES = ("constant", "cosine", "linear")  # after `warmup` epochs of linear warm-up from lr / warmup steps
@@ -89,21 +89,40 @@ def from_recipe(name: str, backend: str, **overrides) -> Settings:
     return Settings(backend=backend, recipe=name, **fields)
 
 
+def _shown(value) -> str:
+    """A value in a message: its repr, cut to 60 characters (an integer may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value, flag: str, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = specs.finite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        raise SettingsError(f"{flag}: expected a number in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+        raise SettingsError(f"{flag}: expected a number in {'(' if low_open else '['}{low:g}, {high:g}], "
+                            f"got {_shown(value)}")
 
 
 def _integer(value, flag: str, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SettingsError(f"{flag}: expected an integer from {low} to {high}, got {value!r}")
+        raise SettingsError(f"{flag}: expected an integer from {low} to {high}, got {_shown(value)}")
 
 
 def _choice(value, flag: str, choices) -> None:
     if value not in choices:
         raise SettingsError(f"{flag}: expected one of {list(choices)}, got {value!r}")
+
+
+# The range of every numeric setting, by field: the flags (`--lr`, checked when the command line is
+# parsed: training/cli.py) and Settings (checked again, for settings read from a run's files) use these.
+NUMBERS = {"lr": (0.0, 100.0, True), "momentum": (0.0, 0.999, False), "weight_decay": (0.0, 1.0, False),
+           "warmup": (0.0, 1000.0, False), "max_loss": (0.0, 1e30, True)}  # (low, high, low bound open)
+INTEGERS = {"batch_size": (1, 65536), "epochs": (1, 10000), "resize": (1, specs.MAX_SIZE), "train_limit": (0, 60000),
+            "test_limit": (0, 10000), "seed": (0, 2**31 - 1), "eval_every": (1, 10000)}
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def validate(s: Settings) -> None:
@@ -115,31 +134,49 @@ def validate(s: Settings) -> None:
     _choice(s.precision, "--precision", PRECISIONS)
     _choice(s.compile, "--compile", COMPILES)
     _choice(s.recipe, "--recipe", sorted(RECIPES))
-    _number(s.lr, "--lr", 0.0, 100.0, low_open=True)
-    _number(s.momentum, "--momentum", 0.0, 0.999)
-    _number(s.weight_decay, "--weight-decay", 0.0, 1.0)
-    _number(s.warmup, "--warmup", 0.0, 1000.0)
-    _number(s.max_loss, "--max-loss", 0.0, 1e30, low_open=True)
-    _integer(s.batch_size, "--batch-size", 1, 65536)
-    _integer(s.epochs, "--epochs", 1, 10000)
-    _integer(s.resize, "--resize", 1, specs.MAX_SIZE)
-    _integer(s.train_limit, "--train-limit", 0, 60000)
-    _integer(s.test_limit, "--test-limit", 0, 10000)
-    _integer(s.seed, "--seed", 0, 2**31 - 1)
-    _integer(s.eval_every, "--eval-every", 1, 10000)
+    for field, (low, high, low_open) in NUMBERS.items():
+        _number(getattr(s, field), flag(field), low, high, low_open=low_open)
+    for field, (low, high) in INTEGERS.items():
+        _integer(getattr(s, field), flag(field), low, high)
     if s.warmup > s.epochs:
         raise SettingsError(f"--warmup: {s.warmup:g} epochs of warm-up is more than --epochs {s.epochs}")
     network(s)  # the variant exists and fits the resize
 
 
 def network(s: Settings) -> specs.NetSpec:
-    """The run's network: the variant (or JSON spec) at --resize x --resize."""
+    """The run's network: the variant (or JSON spec) at --resize x --resize. It must tell apart
+    Fashion-MNIST's ten classes: a spec with fewer outputs cannot be trained on its labels."""
     try:
         spec = specs.get(s.variant)
         c = spec.input_shape[0]
-        return dataclasses.replace(spec, input_shape=(c, s.resize, s.resize))
+        spec = dataclasses.replace(spec, input_shape=(c, s.resize, s.resize))
     except specs.SpecError as e:
         raise SettingsError(f"--variant {s.variant} at --resize {s.resize}: {e}") from None
+    if spec.num_classes < len(CLASSES):
+        raise SettingsError(f"--variant {s.variant}: num_classes {spec.num_classes}, but Fashion-MNIST has "
+                            f"{len(CLASSES)} classes (labels 0 to {len(CLASSES) - 1})")
+    return spec
+
+
+IMAGE_BYTES = 28 * 28  # one Fashion-MNIST image, uint8
+ALL_IMAGES = 70_000  # train and test, as common.data loads them
+LR_TABLE_BYTES = 64  # per step: lr_table's float64 arange, schedule and temporaries (5 at once), and a copy
+
+
+def memory_bytes(s: Settings, *, range_test_steps: int | None = None) -> int:
+    """Bytes a run holds at least (checked before its worker starts): the network training at
+    --batch-size (calc.summary: weights, gradients, momentum, activations), every image loaded, the
+    epoch's shuffled copy of the training images, and the learning-rate table (LR_TABLE_BYTES per
+    step: lr_table's float64 temporaries and the framework's copy; 10,000 epochs of batch 1 are 6e8
+    steps, 38 GB). The range test (range_test_steps) holds, instead of an epoch's copy, the images of
+    all its steps at once, and one rate per step."""
+    spec = network(s)
+    model = calc.summary(spec, s.batch_size, "float32", momentum=s.momentum_used > 0).train_memory_bytes
+    train = s.train_limit or 60_000
+    images = (ALL_IMAGES + train) * (IMAGE_BYTES + 8)
+    if range_test_steps is not None:
+        return model + images + range_test_steps * (s.batch_size * (IMAGE_BYTES + 8) + 16)
+    return model + images + s.epochs * steps_per_epoch(train, s.batch_size) * LR_TABLE_BYTES
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:

@@ -18,14 +18,18 @@ or the field, and what was expected.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
+import stat
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
+from common import spec as specs
 from common.fsio import atomic_path, atomic_write_text
 
 from .recipe import Settings, SettingsError
@@ -61,6 +65,40 @@ def settings_from(data, source: str) -> Settings:
         raise RunError(f"{source}: settings: {e}") from None
 
 
+def loads(text: str, where: str):
+    """JSON as a run's files hold it: what cannot be read (not JSON, nested too deeply for the parser,
+    an integer of thousands of digits) is a RunError naming `where`, never a traceback."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RunError(f"{where}: nested too deeply to read") from None
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise RunError(f"{where}: holds a number too large to read: {str(e).split(';')[0]}") from None
+
+
+def existing(path: str | Path, what: str) -> bool:
+    """True when `path` is a regular file (or a link to one), False when nothing is there at all. Anything
+    else is a RunError: a folder, a loop of links, a link to nowhere or a FIFO where a run's file goes must
+    not look like "no checkpoint" and restart the run from epoch 0."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise RunError(f"{path}: a symbolic link that leads nowhere, where the run's {what} goes") from None
+        return False
+    except OSError as e:
+        reason = "a loop of symbolic links" if e.errno == errno.ELOOP else (e.strerror or str(e))
+        raise RunError(f"{path}: cannot be read ({reason}), where the run's {what} goes") from None
+    if stat.S_ISDIR(mode):
+        raise RunError(f"{path}: a directory, where the run's {what} goes (a file)")
+    if not stat.S_ISREG(mode):
+        raise RunError(f"{path}: not a regular file, where the run's {what} goes")
+    return True
+
+
 # --- metrics ---------------------------------------------------------------------------------
 def write_metrics(run: Path, lines: list[dict]) -> Path:
     path = Path(run) / METRICS
@@ -74,7 +112,9 @@ def _check_epoch(line: dict, where: str) -> None:
             raise RunError(f"{where}: epoch record lacks field {key!r}")
         v = line[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RunError(f"{where}: {key}: expected a number, got {v!r}")
+            raise RunError(f"{where}: {key}: expected a number, got {_short(v)}")
+        if isinstance(v, int) and not specs.finite(v):  # NaN and inf are allowed (a skipped test is NaN)
+            raise RunError(f"{where}: {key}: an integer of {len(str(abs(v)))} digits, past any value it can have")
     if not isinstance(line["epoch"], int) or line["epoch"] < 1:
         raise RunError(f"{where}: epoch: expected an integer >= 1, got {line['epoch']!r}")
     for key in ("train_accuracy", "test_accuracy", "test_zero_logits"):
@@ -102,10 +142,7 @@ def read_metrics(path: str | Path) -> tuple[dict, list[dict], list[dict]]:
         where = f"{path}:{number}"
         if not raw.strip():
             continue
-        try:
-            line = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise RunError(f"{where}: not valid JSON ({e}); expected one JSON object per line") from None
+        line = loads(raw, where)
         if not isinstance(line, dict) or not isinstance(line.get("type"), str):
             raise RunError(f"{where}: expected a JSON object with a string field 'type'")
         if number == 1 or header is None:
@@ -179,10 +216,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
                        "or restore the run directory") from None
     if not meta_text:
         raise RunError(f"{path}: a safetensors file without checkpoint metadata; not written by `nin train`")
-    try:
-        meta = json.loads(meta_text)
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path}: checkpoint metadata is not valid JSON ({e})") from None
+    meta = loads(meta_text, f"{path}: checkpoint metadata")
     if not isinstance(meta, dict):
         raise RunError(f"{path}: checkpoint metadata: expected an object")
     for key, kind in CHECKPOINT_FIELDS.items():
@@ -213,15 +247,56 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
 
 
 def stored_settings(run: str | Path) -> Settings:
-    """The settings a run was made with: its checkpoint's, else its metrics header's."""
+    """The settings a run was made with: its checkpoint's, else its metrics header's. When both are
+    there they must agree: a checkpoint copied from another run would otherwise resume as that run
+    (another network, another recipe) while the metrics still name this one."""
     run = Path(run)
-    if (run / CHECKPOINT).exists():
+    found = {}
+    if existing(run / CHECKPOINT, "checkpoint"):
         meta = read_checkpoint(run / CHECKPOINT)[2]
-        return settings_from(meta["settings"], str(run / CHECKPOINT))
-    if (run / METRICS).exists():
+        found[CHECKPOINT] = settings_from(meta["settings"], str(run / CHECKPOINT))
+        if meta["backend"] != found[CHECKPOINT].backend:
+            raise RunError(f"{run / CHECKPOINT}: backend {meta['backend']!r}, but its settings say "
+                           f"{found[CHECKPOINT].backend!r}")
+    if existing(run / METRICS, "metrics file"):
         header = read_metrics(run / METRICS)[0]
-        return settings_from(header["settings"], str(run / METRICS))
-    raise RunError(f"{run}: no run to resume (neither {METRICS} nor {CHECKPOINT} is there)")
+        found[METRICS] = settings_from(header["settings"], str(run / METRICS))
+    if not found:
+        raise RunError(f"{run}: no run to resume (neither {METRICS} nor {CHECKPOINT} is there)")
+    if len(found) == 2 and found[CHECKPOINT] != found[METRICS]:
+        a, b = found[CHECKPOINT].to_dict(), found[METRICS].to_dict()
+        differ = [f"{k} {a[k]!r} (the metrics say {b[k]!r})" for k in a if a[k] != b[k]]
+        raise RunError(f"{run / CHECKPOINT}: belongs to another run than {run / METRICS}: "
+                       + "; ".join(differ) + "; restore this run's checkpoint, or start again in another --out")
+    return found.get(CHECKPOINT) or found[METRICS]
+
+
+def read_lr_find(path: str | Path) -> dict:
+    """A range test's lr_find.json (`nin lr-find --keep` reads it back), checked as far as the analysis
+    and the report use it: one line naming the file and the field when it is not one."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    result = loads(text, str(path))
+    if not isinstance(result, dict):
+        raise RunError(f"{path}: expected a JSON object (a range test's result)")
+    for key, kind in (("backend", str), ("variant", str), ("device", str), ("device_name", str), ("stopped", str),
+                      ("settings", dict), ("versions", dict), ("lrs", list), ("losses", list)):
+        if not isinstance(result.get(key), kind):
+            raise RunError(f"{path}: {key}: expected {kind.__name__}, got {_short(result.get(key))}")
+    settings_from(result["settings"], str(path))
+    lrs, losses = result["lrs"], result["losses"]
+    numbers = all(isinstance(v, float) or specs.finite(v) for v in lrs + losses)
+    if not (numbers and len(lrs) == len(losses) and lrs and all(specs.finite(v) and v > 0 for v in lrs)):
+        raise RunError(f"{path}: lrs and losses: expected as many numbers of each, the rates finite and > 0")
+    return result
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def final_accuracy(run: str | Path) -> float:

@@ -112,25 +112,39 @@ def _kill_at(step: int | None, done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _resume(s: Settings, out: Path, command: str) -> tuple:
+    """(records, epoch, step, other events, header, weights, optimizer state) of the run in `out`, which
+    must have been made with `s` (its checkpoint and its metrics agreeing: runs.stored_settings). A
+    checkpoint that is there but cannot be used is an error, never a silent restart from epoch 0."""
+    stored = runs.stored_settings(out)
+    if stored != s:
+        differ = [f"{k} {v!r} (asked {getattr(s, k)!r})" for k, v in stored.to_dict().items() if getattr(s, k) != v]
+        raise RunError(f"{out}: the run was made with {', '.join(differ)}; "
+                       "--resume continues a run with its own settings")
+    header, others = None, []
+    if runs.existing(out / runs.METRICS, "metrics file"):
+        header, _, others = runs.read_metrics(out / runs.METRICS)
+    init, optimizer_state = None, {}
+    if runs.existing(out / runs.CHECKPOINT, "checkpoint"):
+        init, optimizer_state, meta = runs.read_checkpoint(out / runs.CHECKPOINT)
+        records, epoch0, step0 = list(meta["records"]), meta["epoch"], meta["step"]
+    else:  # stopped before its first epoch ended: start again from the canonical init
+        records, epoch0, step0 = [], 0, 0
+    others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "created": _now(), "command": command}]
+    return records, epoch0, step0, others, header, init, optimizer_state
+
+
 def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = False, kill_at_step=None,
           data_dir=None) -> dict:
+    """Run (or, with `resume`, continue) the run `s` in `out`: metrics and a checkpoint after every
+    epoch; DivergedError when the loss leaves the finite or --max-loss, RunError for a run directory
+    that cannot be used. A new run writes nothing until its first epoch ends or it diverges."""
     out = Path(out)
     metrics_path, checkpoint_path = out / runs.METRICS, out / runs.CHECKPOINT
     if resume:
-        stored = runs.stored_settings(out)
-        if stored != s:
-            differ = [f"{k} {v!r} (asked {getattr(s, k)!r})" for k, v in stored.to_dict().items() if getattr(s, k) != v]
-            raise RunError(f"{out}: the run was made with {', '.join(differ)}; "
-                           "--resume continues a run with its own settings")
-        header, _, others = runs.read_metrics(metrics_path)
-        if checkpoint_path.exists():
-            init, optimizer_state, meta = runs.read_checkpoint(checkpoint_path)
-            records, epoch0, step0 = list(meta["records"]), meta["epoch"], meta["step"]
-        else:  # stopped before its first epoch ended: start again from the canonical init
-            records, epoch0, step0 = [], 0, 0
-        others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "created": _now(), "command": command}]
+        records, epoch0, step0, others, header, init, optimizer_state = _resume(s, out, command)
     else:
-        if metrics_path.exists() or checkpoint_path.exists():
+        if runs.existing(metrics_path, "metrics file") or runs.existing(checkpoint_path, "checkpoint"):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         records, epoch0, step0, others, header = [], 0, 0, [], None
     spec = recipes.network(s)
@@ -155,7 +169,8 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
         header = _header(s, train=train_mod, device_name=train_mod.device_name(s.device), numerics=numerics,
                          command=command, sizes={"train_images": len(x), "test_images": len(tx),
                                                  "steps_per_epoch": steps})
-    runs.write_metrics(out, [header, *records, *others])
+    if resume:  # the resume event now; a new run's metrics wait for its first epoch (or its divergence), so
+        runs.write_metrics(out, [header, *records, *others])  # that a run failing before one leaves nothing
 
     for epoch in range(epoch0, s.epochs):
         order = data.epoch_order(len(x), seed=s.seed, epoch=epoch)
