@@ -94,7 +94,7 @@ TOPICS: tuple[Topic, ...] = (
             Note("The same arguments have other names: `stride` and `padding` in PyTorch, `strides` in Gluon and "
                  "Keras, pairs `strides=(s, s)`, `padding=((p, p), (p, p))` in Flax, and Gluon fuses the ReLU "
                  "into `Conv2D(activation=\"relu\")`; the contract's `nin_block` has one signature for all four.",
-                 evidence=(M + "test_public_functions_mirror", T + "test_layer_shapes_match_spec"),
+                 evidence=(M + "test_every_registered_package_fulfils_the_contract", T + "test_layer_shapes_match_spec"),
                  planted_bugs=("mxnet-wrong-stride", "jax-wrong-padding")),
             Note("PyTorch and Gluon are NCHW with OIHW kernels, Keras and Flax NHWC with HWIO kernels "
                  "(`keras.Input((None, None, in_channels))` puts channels last); the layout is converted only "

@@ -69,3 +69,32 @@ def test_the_checks_see_what_they_should():
     assert provenance_missing("Measured 2026-11-26 on the machine below.\nCommand: `nin bench`") == []
     assert provenance_missing("numbers only: 73 GFLOP/s") == ["a date YYYY-MM-DD", "a command", "a machine"]
 
+
+
+NIN_COMMAND = re.compile(r"`(nin [^`]+)`|^\s*(nin [a-z-]+ .*)$", re.MULTILINE)
+
+
+def cited_results() -> list[Path]:
+    linked = sorted({(page.parent / t).resolve() for page in PAGES for _, t in relative_links(page)})
+    return [p for p in linked if p.is_file() and p.suffix == ".md"
+            and any(str(p.relative_to(ROOT)).startswith(r) for r in RESULTS)]
+
+
+def test_the_commands_of_cited_results_still_parse():
+    """A cited result names the command that made it; that command must still mean something to
+    today's `nin` (an old `--backend tf` or `--compile off` does not parse: measure again)."""
+    import shlex
+
+    from nin import cli
+
+    bad = []
+    for path in cited_results():
+        for inline, line in NIN_COMMAND.findall(path.read_text()):
+            words = shlex.split((inline or line).replace("\\\n", " "), comments=True)
+            if len(words) < 3:  # a command named in prose (`nin record`), not a command line
+                continue
+            try:
+                cli.parser().parse_args(words[1:])
+            except SystemExit:
+                bad.append(f"{path.relative_to(ROOT)}: {' '.join(words)[:150]}")
+    assert not bad, "commands that no longer parse:\n" + "\n".join(bad)

@@ -314,7 +314,7 @@ def test_terminal_view_prints_the_four_snippets_with_the_notes(capsys):
     heads = [out.index(f"-- {label}: {package}/model.py nin_block ") for package, label in PACKAGES.items()]
     assert heads == sorted(heads), "the four snippets, one after another, in the page's order"
     assert out.index("Differences that matter:") < heads[0]
-    assert out.count("def nin_block(") == 4 and "proven by: tests/test_mirror.py::test_public_functions_mirror" in out
+    assert out.count("def nin_block(") == 4 and "proven by: tests/test_mirror.py::test_every_registered_package_fulfils_the_contract" in out
     assert "\x1b[" not in out
 
 
