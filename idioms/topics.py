@@ -94,7 +94,8 @@ TOPICS: tuple[Topic, ...] = (
             Note("The same arguments have other names: `stride` and `padding` in PyTorch, `strides` in Gluon and "
                  "Keras, pairs `strides=(s, s)`, `padding=((p, p), (p, p))` in Flax, and Gluon fuses the ReLU "
                  "into `Conv2D(activation=\"relu\")`; the contract's `nin_block` has one signature for all four.",
-                 evidence=(M + "test_every_registered_package_fulfils_the_contract", T + "test_layer_shapes_match_spec"),
+                 evidence=(M + "test_every_registered_package_fulfils_the_contract",
+                           T + "test_layer_shapes_match_spec"),
                  planted_bugs=("mxnet-wrong-stride", "jax-wrong-padding")),
             Note("PyTorch and Gluon are NCHW with OIHW kernels, Keras and Flax NHWC with HWIO kernels "
                  "(`keras.Input((None, None, in_channels))` puts channels last); the layout is converted only "
@@ -103,9 +104,9 @@ TOPICS: tuple[Topic, ...] = (
                  checks=("logits",), planted_bugs=("keras-nchw-reshaped", "jax-nchw-reshaped")),
             Note("Keras's `Conv2D` takes no number for padding, only `\"valid\"` or `\"same\"` (which pads "
                  "(k - 1) // 2 before and the rest after), so the block uses `\"same\"` where that is its padding "
-                 "(stride 1, p = (k - 1) / 2: the chapter's 5x5 and 3x3 convs; 17x faster in float64 on JAX, whose "
-                 "CPU gradient of a valid conv over a padded input is slow) and `ZeroPadding2D(p)` before a valid "
-                 "convolution elsewhere.",
+                 "(stride 1, p = (k - 1) / 2: the chapter's 5x5 and 3x3 convs; over ten times faster in float64 "
+                 "on JAX, whose CPU gradient of a valid conv over a padded input is slow) and `ZeroPadding2D(p)` "
+                 "before a valid convolution elsewhere.",
                  evidence=(T + "test_json_spec_builds_and_matches_reference", T + "test_layer_shapes_match_spec"),
                  checks=("logits",), planted_bugs=("keras-conv-same-padding",)),
             Note("Batch-norm momentum means opposite things: the spec's is the share of the running statistic "
