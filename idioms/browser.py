@@ -24,6 +24,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1", "--mute-audio")
 RESULT_ID = "nin-layout-result"
+WIDE, NARROW = 1400, 800  # the screenshots' widths: the frameworks side by side, and one after another
 
 
 class BrowserError(RuntimeError):
@@ -64,7 +65,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no message)"
 
 
-def screenshot(chromium: str, page: Path, png: Path, *, width: int = 1400, height: int = 1800) -> Path:
+def screenshot(chromium: str, page: Path, png: Path, *, width: int = WIDE, height: int = 1800) -> Path:
     """The top of the page at `width` x `height` pixels, as PNG (written atomically)."""
     with tempfile.TemporaryDirectory(prefix="nin-idioms-") as folder:
         shot = Path(folder) / "page.png"  # Chromium picks the format by the name's extension
@@ -74,44 +75,52 @@ def screenshot(chromium: str, page: Path, png: Path, *, width: int = 1400, heigh
         return atomic_write_bytes(png, shot.read_bytes())
 
 
-# Runs inside the page: for every topic, its code columns, where they sit, how much code each shows,
-# and any text that sticks out of its column or any element whose content is wider than its box.
+# Runs inside the page: for every topic, each cell of its code grid (idioms/page.py: a column per framework,
+# rows aligned by concept and line), where it sits, how much code it shows, and any text that sticks out of
+# its cell or any element whose content is wider than its box.
 MEASURE = r"""
 (function () {
   function describe(el) {
     return el.tagName.toLowerCase() + (el.className && typeof el.className === "string" ? "." + el.className : "");
   }
+  function problemsOf(cell, box) {
+    const problems = [];
+    for (const el of [cell, ...cell.querySelectorAll("*")]) {
+      if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth) {
+        problems.push(describe(el) + " content " + el.scrollWidth + " px wide in a box of " + el.clientWidth);
+      }
+    }
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    const range = document.createRange();
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.textContent.trim()) continue;
+      range.selectNodeContents(node);
+      for (const r of range.getClientRects()) {
+        if (r.width > 0 && (r.right > box.right + 0.5 || r.left < box.left - 0.5)) {
+          problems.push("text " + JSON.stringify(node.textContent.slice(0, 40)) + " spans " +
+                        Math.round(r.left) + ".." + Math.round(r.right) + " px, its cell " +
+                        Math.round(box.left) + ".." + Math.round(box.right));
+          break;
+        }
+      }
+    }
+    return problems;
+  }
   const result = {innerWidth: window.innerWidth, pageScrollWidth: document.documentElement.scrollWidth, topics: []};
   for (const section of document.querySelectorAll("section.topic")) {
-    const columns = section.querySelector(".columns");
-    if (!columns) continue;
-    const topic = {id: section.id, columns: []};
-    for (const col of columns.querySelectorAll(":scope > .col")) {
-      const box = col.getBoundingClientRect();
-      const problems = [];
-      for (const el of [col, ...col.querySelectorAll("*")]) {
-        if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth) {
-          problems.push(describe(el) + " content " + el.scrollWidth + " px wide in a box of " + el.clientWidth);
-        }
-      }
-      const walker = document.createTreeWalker(col, NodeFilter.SHOW_TEXT);
-      const range = document.createRange();
-      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-        if (!node.textContent.trim()) continue;
-        range.selectNodeContents(node);
-        for (const r of range.getClientRects()) {
-          if (r.width > 0 && (r.right > box.right + 0.5 || r.left < box.left - 0.5)) {
-            problems.push("text " + JSON.stringify(node.textContent.slice(0, 40)) + " spans " +
-                          Math.round(r.left) + ".." + Math.round(r.right) + " px, its column " +
-                          Math.round(box.left) + ".." + Math.round(box.right));
-            break;
-          }
-        }
-      }
-      const code = [...col.querySelectorAll(".hl pre")].map(p => p.textContent.trim().length);
-      topic.columns.push({package: col.dataset.package, left: box.left, right: box.right, top: box.top,
-                          width: box.width, codeBlocks: code.length, codeChars: code.reduce((a, b) => a + b, 0),
-                          problems: problems.slice(0, 5), problemCount: problems.length});
+    const grid = section.querySelector(".code-grid");
+    if (!grid) continue;
+    const topic = {id: section.id, cells: []};
+    for (const cell of grid.querySelectorAll(":scope > .cell")) {
+      const box = cell.getBoundingClientRect();
+      const problems = problemsOf(cell, box);
+      const code = [...cell.querySelectorAll(".hl pre")].map(p => p.textContent.trim().length);
+      topic.cells.push({package: cell.dataset.package, row: Number(cell.dataset.row),
+                        concept: cell.dataset.concept || "",
+                        kind: [...cell.classList].filter(c => c !== "cell").join(" "),
+                        shown: getComputedStyle(cell).display !== "none", left: box.left, right: box.right,
+                        top: box.top, bottom: box.bottom, codeChars: code.reduce((a, b) => a + b, 0),
+                        problems: problems.slice(0, 5), problemCount: problems.length});
     }
     result.topics.push(topic);
   }

@@ -6,7 +6,11 @@
     nin idioms --json                  the topic data, with the cut source, as one JSON object
     nin idioms --html docs/idioms.html the self-contained page (docs/idioms.html is committed)
     nin idioms --check docs/idioms.html   exit 1 when that page is not what the source and results give now
-    nin idioms --html docs/idioms.html --screenshot docs/idioms.png   and a screenshot (needs Chromium)
+    nin idioms --html docs/idioms.html --screenshot docs/idioms.png --narrow-screenshot docs/idioms-800.png
+                                       and screenshots at 1400 and 800 pixels (needs Chromium)
+
+The page needs Jinja2 and markdown-it-py, the side-by-side terminal view rich: the main environment's
+(requirements/main.txt). They are imported when used, so that `nin` itself starts without them.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def add_commands(sub) -> None:
                      help="exit 1 when FILE is stale: records/matrix.json or results/mutations/*.json changed "
                           "since it was generated, or a fresh render of every topic differs")
     p.add_argument("--screenshot", metavar="PNG",
-                   help="with --html: also a screenshot of the page, 1400 pixels wide (needs Chromium)")
+                   help=f"with --html: also a screenshot of the page, {browser.WIDE} pixels wide (needs Chromium)")
+    p.add_argument("--narrow-screenshot", metavar="PNG",
+                   help=f"with --html: also a screenshot {browser.NARROW} pixels wide, where the frameworks follow one "
+                        "another (needs Chromium)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="highlight the terminal view (auto: when stdout is a terminal and NO_COLOR is unset)")
     p.set_defaults(func=main)
@@ -66,22 +73,24 @@ def main(args) -> int:
         topics = _topics(args.topic)
     except ValueError as e:
         return _fail(str(e))
-    if args.screenshot and not args.html:
-        return _fail("--screenshot: needs --html FILE (the page to photograph)")
+    shots = {flag: path for flag, path in (("--screenshot", args.screenshot),
+                                           ("--narrow-screenshot", args.narrow_screenshot)) if path}
+    if shots and not args.html:
+        return _fail(f"{next(iter(shots))}: needs --html FILE (the page to photograph)")
     if args.check and args.topic:
         return _fail("--check: compares the whole page; leave out --topic")
     if args.list:
         for t in topics:
             print(f"{t.key:<10} {t.title}")
         return 0
-    for flag, path in (("--html", args.html), ("--screenshot", args.screenshot)):
+    for flag, path in {"--html": args.html, **shots}.items():
         if path:
             check_writable(path, flag)  # OutputError: nin prints it as one line, exit 2
     chromium = None
-    if args.screenshot:
+    if shots:
         chromium = browser.find()
         if chromium is None:
-            return _fail(f"--screenshot: {browser.missing()}")
+            return _fail(f"{next(iter(shots))}: {browser.missing()}")
     try:
         if args.json:
             print(json.dumps(render.to_json(topics), indent=2))
@@ -90,9 +99,10 @@ def main(args) -> int:
         elif args.html:
             atomic_write_text(args.html, render.page(topics))
             print(args.html)
-            if chromium:
-                browser.screenshot(chromium, Path(args.html), Path(args.screenshot))
-                print(args.screenshot)
+            for flag, path in shots.items():
+                width = browser.WIDE if flag == "--screenshot" else browser.NARROW
+                browser.screenshot(chromium, Path(args.html), Path(path), width=width)
+                print(path)
         else:
             color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                                and not os.environ.get("NO_COLOR"))

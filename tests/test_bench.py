@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import HANG_S
 
-from benchmarks import runner, timing, utilization, verify_timing, worker
+from benchmarks import report, runner, timing, utilization, verify_timing, worker
 from common import backends
 from harness import processes
 
@@ -158,3 +158,62 @@ def test_runner_help_works_standalone():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.runner", "--help"], cwd=backends.ROOT,
                           capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0 and "--batch-size" in proc.stdout and "--verify" in proc.stdout
+
+
+def _result(backend: str, rates: list[float], status: str = "ok") -> dict:
+    median = statistics.median(rates)
+    return {"backend": backend, "mode": "train", "batch_size": 16, "precision": "fp32", "compile": "eager",
+            "status": status, "images_per_second": median, "images_per_second_windows": rates,
+            "spread": (max(rates) - min(rates)) / median}
+
+
+def _doc(results: list[dict], *, load: float, cpus: int = 2, kind: str = "cpu") -> dict:
+    return {"device": {"kind": kind, "name": "test CPU", "count": cpus}, "settings": {"variant": "paper"},
+            "load_average": {"before": [load, 0.0, 0.0], "after": [0.5, 0.0, 0.0]}, "results": results}
+
+
+def test_a_noisy_result_or_a_busy_machine_is_marked_untrusted_with_the_reason():
+    steady, noisy = _result("torch", [10.0, 10.4, 10.2]), _result("jax", [8.0, 10.0, 9.0])  # spread 4%, 22%
+    assert report.untrusted(steady) == [] and report.untrusted(noisy) == ["spread 22.2% > 10%"]
+    quiet = _doc([steady, noisy], load=1.5)
+    assert report.busy(quiet) is None
+    rows = report.table(quiet["results"], report.busy(quiet)).splitlines()
+    assert "| ok |" in rows[2] and "| **untrusted**: spread 22.2% > 10% |" in rows[3]
+    loaded = _doc([steady, noisy], load=2.5)  # more runnable threads than the 2 CPUs
+    assert report.busy(loaded) == "load 2.50 > 2 CPUs"
+    assert report.untrusted(steady, report.busy(loaded)) == ["load 2.50 > 2 CPUs"]
+    assert report.busy(_doc([steady], load=9.0, kind="gpu")) is None  # its count is GPUs: no CPU count to judge by
+    assert report.untrusted({**steady, "status": "oom"}, "load 2.50 > 2 CPUs") == []  # nothing measured
+
+
+def test_the_plot_draws_the_windows_range_and_hatches_the_untrusted():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steady, noisy = _result("torch", [10.0, 10.4, 10.2]), _result("jax", [8.0, 10.0, 9.0])
+    fig, ax = plt.subplots()
+    report.draw_mode(ax, [steady, noisy], colours={"torch": "C0", "jax": "C1"}, machine=None)
+    (bars,) = [c for c in ax.containers if isinstance(c, matplotlib.container.BarContainer)]
+    assert [p.get_width() for p in bars.patches] == [10.2, 9.0]
+    assert [p.get_hatch() or "" for p in bars.patches] == ["", "//"]
+    segments = bars.errorbar.lines[2][0].get_segments()  # one horizontal whisker per bar: min to max window
+    assert [(s[0][0], s[1][0]) for s in segments] == [pytest.approx((10.0, 10.4)), pytest.approx((8.0, 10.0))]
+    assert any("untrusted: spread 22.2% > 10%" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
+def test_reports_render_again_from_their_json_alone(tmp_path):
+    """python -m benchmarks.report re-renders the .md and .png of a result file and leaves the JSON as it is."""
+    doc = _doc([_result("torch", [10.0, 10.4, 10.2])], load=0.5)
+    doc.update(command="nin bench", created="2026-12-05", host="h", versions={}, model={
+        "params": 1, "forward_flops_per_image": 1e9, "train_flops_per_image": 3e9},
+        settings={"variant": "paper", "warmup": 1, "windows": 3, "steps": 1})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    before = path.read_bytes()
+    written = report.render(path)
+    assert path.read_bytes() == before and written[0] == tmp_path / "r.md"
+    md = written[0].read_text()
+    assert "| torch | train | 16 | fp32 | eager | ok | 10.2 | 3.9% | ok |" in md
+    assert f"untrusted: the windows' spread is above {report.SPREAD_LIMIT:.0%} of the median" in md
