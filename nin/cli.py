@@ -276,8 +276,8 @@ def _compare_and_write(args) -> int:
                              progress=None if args.json else lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     text = matrix.render(result)
     print(json.dumps(matrix.to_json(result), indent=2) if args.json else text)
-    if args.report:
-        atomic_write_text(args.report, "```\n" + text + "\n```\n")
+    if args.report:  # Markdown tables for a browser, the heatmap beside it as .png and .html
+        matrix.write_report(result, args.report)
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(matrix.to_json(result), indent=2) + "\n")
     return 0 if result.passed else 1

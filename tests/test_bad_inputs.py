@@ -740,7 +740,7 @@ def test_outputs_are_checked_before_any_work(good, tmp_path):
 def test_deep_output_folders_are_made(good, tmp_path):
     report = tmp_path / "a" / "b" / "c" / "m.md"
     r = nin("compare", good, "--report", report)
-    assert r.code == 0 and report.read_text().startswith("```"), r
+    assert r.code == 0 and report.read_text().startswith("# Conformance matrix"), r
 
 
 # === the machine: no GPU =====================================================================
@@ -868,7 +868,7 @@ def test_kill_9_leaves_the_old_file_and_the_next_write_removes_the_temporary(goo
     left = Path(marker.read_text())
     assert left.exists() and stale_temporaries(report) == [left]
     r = nin("compare", good, "--report", report)
-    assert r.code == 0 and report.read_text().startswith("```"), r
+    assert r.code == 0 and report.read_text().startswith("# Conformance matrix"), r
     assert not left.exists() and not list(tmp_path.glob(".m.md.*"))
 
 
