@@ -34,7 +34,7 @@ MIB = 2 ** 20
 OUT_LIMITS = {"files": 8, "file_bytes": 16 * MIB, "total_bytes": 64 * MIB, "depth": 2}
 OUT_FILES = ("summary.md", "headline.json", "session.json", "results.tar.gz", "matrix-gpu.md", "bench-gpu.md",
              "train-torch.tar", "train-jax.tar")
-PACKED = (".json", ".jsonl", ".md", ".log", ".txt", ".csv", ".png")  # what results.tar.gz takes of the work folder
+PACKED = (".json", ".jsonl", ".md", ".log", ".txt", ".csv", ".png", ".html")  # what results.tar.gz takes of work
 RUN_FILES = ("metrics.jsonl", "checkpoint.safetensors")
 
 
@@ -246,7 +246,7 @@ def collect(out: Path, root: Path = ROOT) -> list[Path]:
     with tarfile.open(archive) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         read = lambda name: tar.extractfile(members[name]).read() if name in members else None  # noqa: E731
-        for name in ("matrix-gpu.md", "matrix-gpu.json"):
+        for name in ("matrix-gpu.md", "matrix-gpu.json", "matrix-gpu.png", "matrix-gpu.html"):  # the .md links both
             if read(name):
                 placed.append(atomic_write_bytes(root / "records" / name, read(name)))
         if read("bench-gpu.json"):

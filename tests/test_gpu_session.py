@@ -199,7 +199,9 @@ def _fake(clock: Clock, seconds: dict, cfg: plan.Config):
         elif step.phase == "record":
             Path(step.meta["record"]).write_bytes(b"record")
         elif step.phase == "compare":
-            (cfg.work / "matrix-gpu.md").write_text("```\n120 passed, 0 failed\n```\n")
+            (cfg.work / "matrix-gpu.md").write_text("# Conformance matrix\n\n120 passed, 0 failed\n")
+            for picture in ("matrix-gpu.png", "matrix-gpu.html"):  # the heatmap nin compare --report writes beside
+                (cfg.work / picture).write_bytes(b"heatmap")
         elif step.phase == "train":
             _fake_run(Path(step.meta["run"]), step.meta["backend"], epochs=3)
         return 0
@@ -276,7 +278,8 @@ def test_collect_puts_the_results_and_the_runs_where_they_belong(tmp_path):
     cfg, _ = _ordered(tmp_path, {}, budget=100_000)
     repo = tmp_path / "repo"
     placed = {str(p.relative_to(repo)) for p in report.collect(cfg.out, root=repo)}
-    assert {"records/matrix-gpu.md", "records/gpu-session.md", "results/training/gpu/d2l/torch/seed0/metrics.jsonl",
+    assert {"records/matrix-gpu.md", "records/matrix-gpu.png", "records/matrix-gpu.html", "records/gpu-session.md",
+            "results/training/gpu/d2l/torch/seed0/metrics.jsonl",
             "results/training/gpu/d2l/jax/seed0/checkpoint.safetensors"} <= placed
     assert any(p.startswith("benchmarks/results/nvidia-h200-") and p.endswith(".json") for p in placed)
     whl = tmp_path / "bundle"
