@@ -130,3 +130,38 @@ def data_dir():
             pytest.fail(f"NIN_REQUIRE lists data, but {msg}")
         pytest.skip(msg)
     return d
+
+
+# --- a tiny valid record: test_bad_inputs.py, test_reliability.py and test_properties.py damage it --
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A reference and error-model cache of the module's own (the tiny record's fill it in seconds),
+    with no NIN_TRACEBACK or NIN_MEMORY_LIMIT of the caller's to change what the commands print."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIN_CACHE_DIR", str(path))
+        mp.delenv("NIN_TRACEBACK", raising=False)
+        mp.delenv("NIN_MEMORY_LIMIT", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, cache, data_dir):
+    """A valid record of tiny_records.tiny() that passes `nin compare`; tests damage copies of it."""
+    import contextlib
+    import io
+
+    from tiny_records import CASES, metadata, synthetic_tensors, tiny
+
+    from common import records
+    from common.cases import reference_results
+    from nin import cli
+
+    path = tmp_path_factory.mktemp("good") / "torch.safetensors"
+    spec = tiny()
+    records.write_record(path, synthetic_tensors(spec, reference_results(spec, CASES)), metadata(spec))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = cli.main(["compare", str(path)])
+    assert code == 0 and "0 failed" in out.getvalue(), out.getvalue()
+    return path

@@ -33,45 +33,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import HANG_S
+from tiny_records import CASES, metadata, synthetic_tensors, tiny
 
-from common import backends, calc, data, records
+from common import backends, data, records
 from common import spec as specs
 from common.cases import Cases, reference_results
 from common.fsio import OutputError, atomic_path, check_writable, stale_temporaries
-from common.spec import Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
+from common.spec import Flatten, GlobalAvgPool, NetSpec, NiNBlock
 from conformance import compare
 from harness import processes
 from nin import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = Cases(batch=2, steps=2, train_batch=2, momentum_steps=2)
-
-
-def tiny(name: str = "tiny", mlp: tuple = (4,), classes: int = 10) -> NetSpec:
-    """An 8x8 one-channel network: its reference and error model take about a second."""
-    return NetSpec(name=name, input_shape=(1, 8, 8), num_classes=classes, layers=(
-        NiNBlock(4, kernel_size=3, stride=1, padding=1, mlp=mlp), MaxPool(kernel_size=2, stride=2),
-        NiNBlock(classes, kernel_size=3, stride=1, padding=1, mlp=(classes,)), GlobalAvgPool(), Flatten()))
-
-
-def metadata(spec: NetSpec, **changes) -> dict:
-    meta = {"format": records.FORMAT, "backend": "torch", "versions": {"torch": "2.13"}, "device": "cpu",
-            "precision": "fp32", "compile": "eager", "numerics": {"tf32": "False"}, "cases": asdict(CASES),
-            "variants": {spec.name: {"spec": spec.to_dict(),
-                                     "layer_shapes": [list(s) for s in calc.layer_output_shapes(spec)],
-                                     "param_count": calc.param_count(spec)}},
-            "running_variance": "biased", "hyperparameters": "exact", "created": "2026-01-01T00:00:00+00:00"}
-    meta.update(changes)
-    return meta
-
-
-def synthetic_tensors(spec: NetSpec, values: dict | None = None) -> dict:
-    """The tensors a record of `spec` holds: the reference's values, or random ones of the right shapes."""
-    rng = np.random.default_rng(0)
-    return {f"{spec.name}/{k}": (values[k] if values is not None else rng.normal(size=shape)).astype(np.float32)
-            for k, shape in records.expected_tensors(spec, CASES).items()}
-
-
 # --- running `nin` ---------------------------------------------------------------------------
 class Run:
     def __init__(self, code: int, out: str, err: str):
@@ -129,16 +102,6 @@ def failed_check(r: Run, *words: str) -> str:
 
 
 # --- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One reference and error-model cache for the module (the records are tiny: it fills in seconds)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NIN_CACHE_DIR", str(path))
-        mp.delenv("NIN_TRACEBACK", raising=False)
-        yield path
-
-
 @pytest.fixture(autouse=True)
 def env(cache, monkeypatch):
     monkeypatch.setenv("NIN_CACHE_DIR", str(cache))  # a test may point it elsewhere; the next gets it back
@@ -147,17 +110,6 @@ def env(cache, monkeypatch):
 @pytest.fixture(scope="module")
 def reference(cache, data_dir):
     return {spec.name: reference_results(spec, CASES) for spec in (tiny(), tiny("tiny-b", mlp=(6,)))}
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory, reference):
-    """A valid record of `tiny` that passes `nin compare`; tests damage copies of it."""
-    path = tmp_path_factory.mktemp("good") / "torch.safetensors"
-    spec = tiny()
-    records.write_record(path, synthetic_tensors(spec, reference["tiny"]), metadata(spec))
-    r = nin("compare", path)
-    assert r.code == 0 and "0 failed" in r.out, r
-    return path
 
 
 def damaged(path: Path, source: Path, *, meta=None, tensors=None, raw_meta: str | None = None) -> Path:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import tiny_records
 
-from common.spec import Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 from nin import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,9 +147,7 @@ def ran(tmp_path_factory, data_dir):
     """Every example, run once in document order: command -> (exit status, stdout + stderr)."""
     tmp = tmp_path_factory.mktemp("examples")
     tiny = tmp / "tiny.json"
-    tiny.write_text(NetSpec(name="tiny", input_shape=(1, 8, 8), num_classes=10, layers=(
-        NiNBlock(4, kernel_size=3, stride=1, padding=1, mlp=(4,)), MaxPool(kernel_size=2, stride=2),
-        NiNBlock(10, kernel_size=3, stride=1, padding=1, mlp=(10,)), GlobalAvgPool(), Flatten())).to_json())
+    tiny.write_text(tiny_records.tiny().to_json())
     results = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)

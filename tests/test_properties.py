@@ -33,10 +33,9 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402 - after the skip
 from hypothesis import strategies as st  # noqa: E402
-from test_bad_inputs import CASES, ROOT, damaged, metadata, synthetic_tensors, tiny  # noqa: E402
+from test_bad_inputs import ROOT, damaged  # noqa: E402
+from tiny_records import metadata, tiny  # noqa: E402
 
-from common import records  # noqa: E402
-from common.cases import reference_results  # noqa: E402
 from harness import processes  # noqa: E402
 from nin import cli  # noqa: E402
 from training import cli as training_cli  # noqa: E402
@@ -87,15 +86,6 @@ def refused(code, out: str, err: str, *words) -> str:
     for w in words:
         assert str(w) in got[0], (w, got[0])
     return got[0]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The module's own reference cache (the tiny record's reference fills it in seconds)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NIN_CACHE_DIR", str(path))
-        yield path
 
 
 @pytest.fixture(autouse=True)
@@ -190,15 +180,6 @@ def test_summary_of_any_spec_is_right_or_one_line(tmp_path_factory, case):
 
 
 # === records ====================================================================================
-@pytest.fixture(scope="module")
-def good(tmp_path_factory, cache, data_dir):
-    """A valid record of `tiny` (test_bad_inputs.py's) that passes `nin compare`."""
-    path = tmp_path_factory.mktemp("good") / "torch.safetensors"
-    spec = tiny()
-    records.write_record(path, synthetic_tensors(spec, reference_results(spec, CASES)), metadata(spec))
-    return path
-
-
 META = metadata(tiny())
 PATHS = sorted({(k,) for k in META} | {(k, j) for k in ("cases", "versions", "numerics") for j in META[k]}
                | {("variants", "tiny", j) for j in META["variants"]["tiny"]}

@@ -21,22 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import (
-    CASES,
-    ROOT,
-    damaged,
-    failed_check,
-    metadata,
-    nin,
-    setting,
-    synthetic_tensors,
-    tiny,
-    usage_error,
-)
+from test_bad_inputs import ROOT, damaged, failed_check, nin, setting, usage_error
+from tiny_records import CASES, tiny
 
 from common import calc, fsio, records
 from common import spec as specs
-from common.cases import reference_results
 from common.spec import NetSpec, NiNBlock
 from harness import processes
 from nin import cli
@@ -47,29 +36,9 @@ from training import worker as training_worker
 from training.recipe import Settings
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One reference cache for the module (test_bad_inputs.py's tiny record: it fills in seconds)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NIN_CACHE_DIR", str(path))
-        mp.delenv("NIN_TRACEBACK", raising=False)
-        mp.delenv("NIN_MEMORY_LIMIT", raising=False)
-        yield path
-
-
 @pytest.fixture(autouse=True)
 def env(cache, monkeypatch):
     monkeypatch.setenv("NIN_CACHE_DIR", str(cache))
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory, cache, data_dir):
-    """A valid record of `tiny` that passes `nin compare` (test_bad_inputs.py's, made here again)."""
-    path = tmp_path_factory.mktemp("good") / "torch.safetensors"
-    spec = tiny()
-    records.write_record(path, synthetic_tensors(spec, reference_results(spec, CASES)), metadata(spec))
-    return path
 
 
 def no_worker(*args, **kwargs):
