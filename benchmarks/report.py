@@ -94,6 +94,17 @@ def table(results: list[dict], machine: str | None = None) -> str:
     return "\n".join(tables.markdown(COLUMNS, [_row(r, machine) for r in results]))
 
 
+NUMERIC = tuple(i for i, c in enumerate(COLUMNS) if c in ("batch", "images/s", "spread", "first step s", "peak MiB",
+                                                          "predicted MiB", "TFLOP/s", "of peak"))
+
+
+def terminal(results: list[dict], machine: str | None = None) -> str:
+    """The results for the terminal (what `nin bench` prints): the Markdown table's rows as a rich
+    table, numbers right-aligned, an untrusted result's mark in capitals instead of Markdown's bold."""
+    rows = [[cell.replace("**untrusted**", "UNTRUSTED") for cell in _row(r, machine)] for r in results]
+    return "\n".join(tables.text(COLUMNS, rows, right=NUMERIC))
+
+
 def _load(doc: dict) -> str:
     """Other processes slow a CPU run down; the 1-minute load average before and after says how busy it was."""
     load = doc.get("load_average")

@@ -219,7 +219,7 @@ def _run(args, argv: list[str], configs: list[dict], *, spec, variant: str, devi
         print(f"nin bench: interrupted after {len(results)} of {len(configs)} configurations; wrote "
               + ", ".join(str(p) for p in written), file=sys.stderr)
         raise interrupted
-    print(json.dumps(doc, indent=2) if args.json else report.table(results))
+    print(json.dumps(doc, indent=2) if args.json else report.terminal(results, report.busy(doc)))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return _failures(results, gpu=device["kind"] == "gpu")
 

@@ -250,6 +250,59 @@ def spec_layers(spec: NetSpec) -> list[dict]:
     return rows
 
 
+TYPE_NAMES = {"nin_block": "NiNBlock", "conv": "Conv2d", "batch_norm": "BatchNorm2d", "relu": "ReLU",
+              "max_pool": "MaxPool2d", "dropout": "Dropout", "global_avg_pool": "GlobalAvgPool2d",
+              "flatten": "Flatten"}  # the layer types `nin summary` shows (PyTorch's names, the best known)
+
+
+def _details(layer_or_op) -> str:
+    """A layer's or op's arguments in a few characters: 11x11/4 p0, 3x3/2, rate 0.5."""
+    kind = layer_or_op.kind
+    if kind == "nin_block":
+        b = layer_or_op
+        return (f"{b.kernel_size}x{b.kernel_size}/{b.stride} p{b.padding} -> {b.out_channels}"
+                + "".join(f", 1x1 -> {c}" for c in b.mlp) + (", BN" if b.batch_norm else "")
+                + ("" if b.relu_last else ", no last ReLU"))
+    if kind in ("conv", "max_pool"):
+        o = layer_or_op
+        return f"{o.kernel_size}x{o.kernel_size}/{o.stride} p{o.padding}"
+    if kind == "dropout":
+        return f"rate {layer_or_op.rate:g}"
+    return ""
+
+
+def summary_rows(spec: NetSpec, depth: int = 1) -> list[dict]:
+    """The rows of `nin summary --depth N`: every entry of spec.layers (depth 1) and, from depth 2 on,
+    the operations inside each NiN block (its convs, batch norms and ReLUs) below it, as torchinfo's
+    depth does. Each row: "index" ("2" or "2.1"), "depth", "name", "type" (TYPE_NAMES), "details",
+    "output_shape", "trainable" and "non_trainable" parameters (batch norm's running mean and
+    variance are the non-trainable ones: Keras's non_trainable_weights, PyTorch's buffers, Flax's
+    BatchStat, Gluon's grad_req 'null'), "macs" and "activations" per input."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    by_layer: list[list[LayerInfo]] = [[] for _ in spec.layers]
+    ops = {op.name: op for op in walk(spec)}
+    for info in layers(spec):
+        by_layer[info.index].append(info)
+    rows = []
+    for i, layer in enumerate(spec.layers):
+        mine = by_layer[i]
+        rows.append({
+            "index": str(i), "depth": 1,
+            "name": mine[-1].name.split(".")[0] if layer.kind == "nin_block" else mine[-1].name,
+            "type": TYPE_NAMES[layer.kind], "details": _details(layer),
+            "output_shape": list(mine[-1].output_shape),
+            "trainable": sum(l.params for l in mine), "non_trainable": sum(l.state for l in mine),
+            "macs": sum(l.macs for l in mine), "activations": sum(l.activations for l in mine),
+        })
+        if depth >= 2 and layer.kind == "nin_block":
+            rows += [{"index": f"{i}.{j}", "depth": 2, "name": l.name, "type": TYPE_NAMES[l.kind],
+                      "details": _details(ops[l.name]), "output_shape": list(l.output_shape),
+                      "trainable": l.params, "non_trainable": l.state, "macs": l.macs,
+                      "activations": l.activations} for j, l in enumerate(mine)]
+    return rows
+
+
 def traffic_bytes_per_image(spec: NetSpec, batch_size: int, dtype: str = "float32", *, train: bool = False,
                             momentum: bool = False) -> float:
     """Bytes one image costs the memory system, for the roofline. Activations: what each op reads and

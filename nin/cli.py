@@ -69,29 +69,34 @@ def _mib(n: int) -> str:
 def cmd_summary(args) -> int:
     spec = _spec_from(args)
     s = calc.summary(spec, args.batch_size, args.dtype)
-    rows = calc.spec_layers(spec)
+    rows = calc.summary_rows(spec, args.depth)
     if args.json:
         out = s.to_dict()
         out["ops"] = out.pop("layers")  # every op (conv, bn, relu, ...) apart
-        out["layers"] = rows  # one per spec layer, as the network is written
+        out["layers"] = calc.spec_layers(spec)  # one per spec layer, as the network is written
+        out["trainable_params"], out["non_trainable_params"] = s.total_params, s.total_state
+        out["rows"] = rows  # the table's rows at --depth
         print(json.dumps(out, indent=2))
         return 0
     c, h, w = spec.input_shape
     print(f"{spec.name}: input {c}x{h}x{w}, {spec.num_classes} classes, batch {args.batch_size}, {args.dtype}")
-    header = ("#", "layer", "output", "params", "MACs", "activations")
-    table = [(r["index"], r["name"], "x".join(map(str, r["output_shape"])), f"{r['params']:,}", f"{r['macs']:,}",
-              f"{r['activations']:,}") for r in rows]
-    print("\n".join(tables.text(header, table, right=(0, 3, 4, 5))))
+    header = ("#", "layer", "type", "arguments", "output", "trainable", "non-trainable", "MACs", "activations")
+    table = [(r["index"], "  " * (r["depth"] - 1) + r["name"], r["type"], r["details"],
+              "x".join(map(str, r["output_shape"])), f"{r['trainable']:,}", f"{r['non_trainable']:,}",
+              f"{r['macs']:,}", f"{r['activations']:,}") for r in rows]
+    print("\n".join(tables.text(header, table, right=(5, 6, 7, 8))))
     print()
-    state = f" (+{s.total_state:,} batch-norm statistics)" if s.total_state else ""
     flops = f"({s.forward_flops / 1e9:.3f} GFLOP forward, {s.train_flops / 1e9:.3f} GFLOP train)"
-    print(f"parameters          {s.total_params:,}{state}")
+    print(f"parameters          {s.total_params + s.total_state:,}: {s.total_params:,} trainable, "
+          f"{s.total_state:,} non-trainable" + (" (batch norm's running means and variances)" if s.total_state else ""))
     print(f"MACs per image      {s.total_macs:,}  {flops}")
     print(f"activations/image   {s.activations:,} elements kept for backward")
     print(f"weights             {_mib(s.weights_bytes)}")
     print(f"training memory     {_mib(s.train_memory_bytes)}  "
           f"(weights + grads + momentum + activations, batch {args.batch_size})")
     print(f"inference memory    {_mib(s.inference_memory_bytes)}  (weights + largest consecutive pair of activations)")
+    if args.depth == 1 and any(r["type"] == "NiNBlock" for r in rows):
+        print("(--depth 2 lists each block's convolutions, batch norms and ReLUs)")
     return 0
 
 
@@ -573,6 +578,9 @@ def parser() -> argparse.ArgumentParser:
                    help="images per batch, for the memory figures (default 1)")
     s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="element type of weights and activations, for the memory figures (default float32)")
+    s.add_argument("--depth", type=flags.count(1, 10), default=1,
+                   help="1 (default): one row per layer as the network is written; 2: each NiN block's "
+                        "convolutions, batch norms and ReLUs below it")
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     s.set_defaults(func=cmd_summary)
 

@@ -48,6 +48,7 @@ SMALL = {
     # README.md
     "nin summary --variant d2l --batch-size 128": Small(),
     "nin summary --spec my_net.json --json": Small(moved={"my_net.json": "{tiny}"}, why="a spec file of our own"),
+    "nin summary --variant d2l-bn --depth 2": Small(),
     "nin record --backend torch --precision fp64": Small(
         "--variant {tiny} --out {tmp}/records/torch-cpu-fp64-eager.safetensors",
         why="a 1x8x8 network instead of all six (minutes), written into the test's folder"),
@@ -91,8 +92,14 @@ SMALL = {
         Small("--backend torch --seeds 1 --train-limit 64 --test-limit 64 --epochs 1 --eval-every 1",
               moved={"results/training/agreement-bn": "{tmp}/agreement"},
               why="one backend, one seed, one epoch, into the test's folder"),
-    "nin report results/training/agreement-bn --margin 1.5 --out results/training/agreement-bn": Small(
-        "--out {tmp}/report", why="the committed runs, reported into the test's folder"),
+    "nin report results/training/agreement-bn --margin 0.5 --power-out results/training/agreement-bn "
+    "--out results/training/agreement-bn": Small(
+        "--out {tmp}/report --power-out {tmp}/power", why="the committed runs, reported into the test's folder"),
+    "nin sweep --backend all --variant d2l-bn --recipe tuned --resize 72 --batch-size 32 --train-limit 2048 "
+    "--test-limit 2000 --epochs 4 --eval-every 4 --seeds 46 --margin 0.5 --out results/training/agreement-all":
+        Small("--backend torch --seeds 1 --train-limit 64 --test-limit 64 --epochs 1 --eval-every 1",
+              moved={"results/training/agreement-all": "{tmp}/agreement-all"},
+              why="one backend, one seed, one epoch (the full sweep is 14 hours), into the test's folder"),
     # docs/gpu.md
     "nin conformance --device gpu --precision fp32 fast --compile eager --backend torch jax keras-jax keras-torch "
     "--variant d2l paper d2l-bn --report records/matrix-gpu.md --json-out records/matrix-gpu.json": Small(gpu=True),

@@ -86,11 +86,12 @@ def _variant_arg(name: str) -> str:
 
 
 def run_worker(mode: str, s: Settings, out: Path, *, extra: list[str] = (), quiet: bool = False,
-               timeout: float | None = None) -> tuple[int, dict]:
-    """Run training.worker in the backend's interpreter; its progress bar and messages reach stderr."""
+               timeout: float | None = None, command: str | None = None) -> tuple[int, dict]:
+    """Run training.worker in the backend's interpreter; its progress bar and messages reach stderr.
+    `command`: what the run's header keeps as the command that started it (default: this one's)."""
     cmd = processes.worker_command(s.backend, "training.worker", [
         mode, "--settings", json.dumps(s.to_dict()), "--out", str(Path(out).resolve()), "--command",
-        _command_line(), *(["--quiet"] if quiet else []), *extra])
+        command or _command_line(), *(["--quiet"] if quiet else []), *extra])
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=processes.environment_for(s.backend), stdout=subprocess.PIPE,
                               text=True, timeout=timeout)
@@ -193,10 +194,27 @@ def _show_run(out: Path, as_json: bool) -> int:
 
 
 # --- nin sweep / report / plot -------------------------------------------------------------------
+def _all_backends(args) -> None:
+    """`--backend all`: every registered backend, in the registry's order (Keras on JAX and PyTorch too)."""
+    if "all" in args.backend:
+        args.backend = list(backends.BACKENDS)
+
+
+def _sweep_command(args) -> str:
+    """The command every run of the sweep keeps in its header: as typed, with the equivalence margin
+    made explicit when it was the default, so that the margin is fixed with the runs, before any
+    result (training.report.preset_margin reads it back)."""
+    command = _command_line()
+    if reports.margin_in(command) != args.margin:
+        command += f" --margin {args.margin!r}"
+    return command
+
+
 @_one_line
 def cmd_sweep(args) -> int:
     out = Path(args.out)
     check_writable(out / "report.md", "--out")
+    _all_backends(args)
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     variants = args.variant_list or [args.variant or "d2l"]
     plan = []
@@ -208,7 +226,20 @@ def cmd_sweep(args) -> int:
     worst = max((s for s, _ in plan), key=recipes.memory_bytes)
     processes.check_memory(recipes.memory_bytes(worst), device=worst.device, what=_what(worst))
     with exclusive(out / "report.md", "--out"):  # a second `nin sweep` into this folder is refused meanwhile
+        _check_margin(out, args.margin)
         return _sweep(args, out, plan, variants)
+
+
+def _check_margin(out: Path, margin: float) -> None:
+    """Every run already in OUT was started with this equivalence margin (in its header's command): the
+    margin is fixed when a comparison's first run starts, and a resumed or extended sweep keeps it."""
+    for metrics in sorted(out.rglob(runs.METRICS)) if out.is_dir() else []:
+        fixed = reports.margin_in(runs.read_metrics(metrics.parent)[0].get("command", ""))
+        if fixed != margin:
+            raise RunError(f"{metrics.parent}: its run was started with " + (
+                f"the equivalence margin fixed at +/-{fixed:g} pp, not --margin {margin:g}; a sweep keeps the "
+                "margin it started with" if fixed is not None else
+                "no equivalence margin fixed (it predates nin sweep --margin); use another --out"))
 
 
 def _sweep(args, out: Path, plan: list, variants: list[str]) -> int:
@@ -230,22 +261,22 @@ def _sweep(args, out: Path, plan: list, variants: list[str]) -> int:
             if any(o["type"] == "diverged" for o in others) and not args.retry_diverged:
                 continue  # deterministic: it would diverge again
         code, result = run_worker("train", s, run_dir, extra=["--resume"] if resume else [], quiet=True,
-                                  timeout=args.timeout)
+                                  timeout=args.timeout, command=_sweep_command(args))
         if code not in (0, EXIT_DIVERGED):
             failed.append(f"{run_dir}: {result.get('reason', f'exit status {code}')}")
             tqdm.write(f"  failed: {failed[-1]}", file=sys.stderr)
     bar.close()
     all_runs = reports.load_runs([out])
-    _write_report(all_runs, out, margin=args.margin, title=args.title or f"Sweep {out.name}",
+    margin = reports.resolve_margin(all_runs, args.margin)
+    _write_report(all_runs, out, margin=margin, title=args.title or f"Sweep {out.name}",
                   color_by="variant" if len(variants) > 1 and len(args.backend) == 1 else "backend")
-    print(json.dumps(reports.to_json(all_runs, args.margin), indent=2) if args.json
-          else reports.text(all_runs, args.margin))
+    print(json.dumps(reports.to_json(all_runs, margin), indent=2) if args.json else reports.text(all_runs, margin))
     for f in failed:
         print(f"nin sweep: {f}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _write_report(all_runs, out: Path, *, margin: float, title: str, color_by: str) -> None:
+def _write_report(all_runs, out: Path, *, margin: dict, title: str, color_by: str) -> None:
     from . import plots
 
     atomic_write_text(out / "report.md", reports.markdown(all_runs, margin, title=title, command=_command_line())
@@ -258,13 +289,44 @@ def _write_report(all_runs, out: Path, *, margin: float, title: str, color_by: s
 @_one_line
 def cmd_report(args) -> int:
     all_runs = reports.load_runs(args.runs)
+    margin = reports.resolve_margin(all_runs, args.margin)
     if args.out:
         out = Path(args.out)
         check_writable(out / "report.md", "--out")
-        _write_report(all_runs, out, margin=args.margin, title=args.title or "Training runs", color_by=args.color_by)
-    print(json.dumps(reports.to_json(all_runs, args.margin), indent=2) if args.json
-          else reports.text(all_runs, args.margin))
+        _write_report(all_runs, out, margin=margin, title=args.title or "Training runs", color_by=args.color_by)
+    if args.power_out:
+        _write_power(all_runs, Path(args.power_out), margin["value"])
+    print(json.dumps(reports.to_json(all_runs, margin), indent=2) if args.json else reports.text(all_runs, margin))
     return 0
+
+
+def _write_power(all_runs, out: Path, margin: float) -> None:
+    """OUT/power.json and OUT/power.md: the power calculation from these runs, with what it was computed
+    from (each run's metrics file and its sha256) and where and when (common.provenance)."""
+    import hashlib
+
+    from common import provenance
+
+    for name in ("power.md", "power.json"):
+        check_writable(out / name, "--power-out")
+    if len({r.settings.backend for r in all_runs}) < 2:
+        raise RunError("--power-out: the power calculation needs runs of at least two backends (their differences)")
+    plan = reports.power_plan(all_runs, margin)
+    sources = []
+    for r in sorted(all_runs, key=lambda r: (r.settings.variant, r.settings.backend, r.settings.seed)):
+        metrics = r.path / runs.METRICS
+        where = metrics.resolve()
+        sources.append({"path": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where),
+                        "backend": r.settings.backend, "variant": r.settings.variant, "seed": r.settings.seed,
+                        "accuracy": f"{100 * r.epochs[-1]['test_accuracy']:.2f}%" if r.complete else "unfinished",
+                        "sha256": hashlib.sha256(metrics.read_bytes()).hexdigest()})
+    prov = {**provenance.collect(), "command": _command_line()}
+    hosts = sorted({f"{r.header.get('host', '?')} ({r.header['device']}, {r.header['device_name']})" for r in all_runs})
+    lines = provenance.lines(prov)[:-1] + [f"The runs' machine (host): {', '.join(hosts)}; the runs' own commands and "
+                                           "versions are in their metrics headers"]
+    atomic_write_text(out / "power.json", json.dumps({**plan, "sources": sources, "provenance": prov}, indent=2) + "\n")
+    atomic_write_text(out / "power.md", reports.power_markdown(plan, sources=sources, provenance=lines))
+    print(f"wrote {out / 'power.md'}, {out / 'power.json'}", file=sys.stderr)
 
 
 @_one_line
@@ -287,31 +349,43 @@ def cmd_plot(args) -> int:
 
 # --- nin lr-find --------------------------------------------------------------------------------
 def analyse_range_test(result: dict, beta: float = 0.9) -> dict:
-    """Smoothed losses (bias-corrected moving average), the rate of the minimum, the steepest descent
-    (most negative slope against log lr, before the minimum) and the rate where the loss takes off."""
+    """Smoothed losses (bias-corrected moving average), the rate of the minimum, the suggested rate and
+    the rate where the loss diverges, as the range test's literature reads the curve (Smith 2017;
+    fastai's lr_find):
+
+    - suggested (`suggested_lr`): the steepest descent of the smoothed loss against log lr before its
+      minimum (`steepest_lr`), the slope taken over +/- 5% of the steps, and the first 10% of the steps
+      left out (the moving average is still settling there; fastai's skip_start); none when the loss
+      never fell 0.1 below ln 10 (a flat curve's steepest point is noise);
+    - divergence (`blowup_lr`): the first rate after the minimum where the smoothed loss is past
+      min(4 x its minimum (fastai's stop), max(where it started, minimum + 0.25)), i.e. worse than
+      not training at all, or not finite; a flat curve's noise is not a divergence."""
     lrs, losses = result["lrs"], result["losses"]
     smooth, avg = [], 0.0
     for i, loss in enumerate(losses, 1):
         avg = beta * avg + (1 - beta) * loss
         smooth.append(avg / (1 - beta ** i))
     finite = [i for i, v in enumerate(smooth) if math.isfinite(v)]
-    out = {**result, "smoothed": smooth, "min_lr": None, "steepest_lr": None, "blowup_lr": None}
+    out = {**result, "smoothed": smooth, "min_lr": None, "steepest_lr": None, "suggested_lr": None, "blowup_lr": None}
     if not finite:
         return out
     best = min(finite, key=lambda i: smooth[i])
     out["min_lr"], out["min_loss"] = lrs[best], smooth[best]
-    slopes = [(smooth[i + 1] - smooth[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
-              for i in range(1, best)]
+    skip, half = len(smooth) // 10, max(1, len(smooth) // 20)
+    slopes = {i: (smooth[i + half] - smooth[i - half]) / (math.log(lrs[i + half]) - math.log(lrs[i - half]))
+              for i in range(max(half, skip), best) if i + half < len(smooth) and lrs[i + half] > lrs[i - half]}
     if slopes:
-        steepest = 1 + min(range(len(slopes)), key=lambda i: slopes[i])
-        out["steepest_lr"] = lrs[steepest]
+        out["steepest_lr"] = lrs[min(slopes, key=slopes.get)]
     start = smooth[finite[0]]
+    limit = out["blowup_limit"] = min(4 * smooth[best], max(start, smooth[best] + 0.25))
     out["blowup_lr"] = next((lrs[i] for i in range(best, len(smooth))
-                             if not math.isfinite(smooth[i]) or smooth[i] > max(start, 4 * smooth[best])), None)
+                             if not math.isfinite(smooth[i]) or smooth[i] > limit), None)
     uniform = [abs(v - math.log(10)) < 1e-5 for v in losses]
     streak = next((i for i in range(len(uniform)) if all(uniform[i:]) and len(uniform) - i >= 30), None)
     out["dies_at_step"] = None if streak is None else streak + 1
     out["leaves_plateau_at_step"] = next((i + 1 for i, v in enumerate(smooth) if v < math.log(10) - 0.1), None)
+    # what the plot marks and the table shows: no suggestion from a curve that never came down
+    out["suggested_lr"] = out["steepest_lr"] if out["leaves_plateau_at_step"] else None
     return out
 
 
@@ -319,6 +393,7 @@ def analyse_range_test(result: dict, beta: float = 0.9) -> dict:
 def cmd_lr_find(args) -> int:
     out = Path(args.out)
     check_writable(out / "lr_find.md", "--out")
+    _all_backends(args)
     if not 0 < args.min_lr <= args.max_lr:
         raise SettingsError(f"--min-lr {args.min_lr:g} and --max-lr {args.max_lr:g}: expected 0 < min <= max")
     variants = args.variant_list or [args.variant or "d2l"]
@@ -380,10 +455,10 @@ def _lr_find_table(args, results: list[dict]) -> tuple[list, list]:
                  _g(r["lrs"][0]), r["settings"]["seed"], len(r["losses"]), r["leaves_plateau_at_step"] or "-",
                  r["dies_at_step"] or "-", f"{r['smoothed'][-1]:.4f}", r["stopped"]] for r in results]
     else:
-        header = ["backend", "variant", "optimizer", "batch", "steps", "steepest lr", "min loss", "at lr",
+        header = ["backend", "variant", "optimizer", "batch", "steps", "suggested lr", "min loss", "at lr",
                   "takes off at", "below ln10-0.1 at step", "dead from step", "stopped"]
         rows = [[r["backend"], Path(r["variant"]).stem, _optimizer(r["settings"]), r["settings"]["batch_size"],
-                 len(r["losses"]), _g(r["steepest_lr"]), _g(r.get("min_loss")), _g(r["min_lr"]), _g(r["blowup_lr"]),
+                 len(r["losses"]), _g(r["suggested_lr"]), _g(r.get("min_loss")), _g(r["min_lr"]), _g(r["blowup_lr"]),
                  r["leaves_plateau_at_step"] or "-", r["dies_at_step"] or "-", r["stopped"]] for r in results]
     return header, rows
 
@@ -402,7 +477,11 @@ def _lr_find_report(args, out: Path, results: list[dict]) -> Path:
            else f"{args.steps} steps at lr {args.min_lr:g}")
           + ", one batch each; stopped when the smoothed loss exceeds 4x its minimum or when 30 batches in a row "
           "have loss ln 10 (to 1e-5: the network predicts uniformly; with the chapter's final ReLU it is dead). "
-          "Settings: " + ", ".join(f"`{k}={v}`" for k, v in s0.items()
+          + ("" if args.rates else "Suggested lr (the dot in the plot): the steepest descent of the "
+             "smoothed loss against log lr before its minimum, the first 10% of the steps left out; takes off at (the "
+             "dotted line): the first rate after the minimum where the smoothed loss passes min(4x its minimum, "
+             "max(its start, minimum + 0.25)); no rate is suggested when the loss never fell 0.1 below ln 10. ")
+          + "Settings: " + ", ".join(f"`{k}={v}`" for k, v in s0.items()
                                                                 if k not in ("backend", "variant")) + ".",
           "", f"Device: {results[0]['device']} ({results[0]['device_name']}); versions: "
           + "; ".join(f"{r['backend']}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v != "None")
@@ -433,8 +512,8 @@ def _flag(field: str):
 def _recipe_args(p, *, many: bool) -> None:
     names = sorted(backends.BACKENDS)
     if many:
-        p.add_argument("--backend", nargs="+", action=flags.Distinct, required=True, choices=names, metavar="NAME",
-                       help=f"backends ({', '.join(names)})")
+        p.add_argument("--backend", nargs="+", action=flags.Distinct, required=True, choices=[*names, "all"],
+                       metavar="NAME", help=f"backends ({', '.join(names)}), or all of them")
         p.add_argument("--variant", type=_variant_arg, help="one network (default d2l)")
         p.add_argument("--variant-list", nargs="+", action=flags.Distinct, type=_variant_arg, metavar="VARIANT",
                        help="several networks, each with the same recipe and seeds")
@@ -504,8 +583,9 @@ def _add_train_and_sweep(sub) -> None:
                    help="these seeds instead")
     w.add_argument("--out", required=True, metavar="DIR", type=flags.path,
                    help="DIR/<variant>/<backend>/seed<k>, report.md, curves.png")
-    w.add_argument("--margin", type=flags.number(0, 100), default=0.5,
-                   help="equivalence margin in percentage points of test accuracy (default 0.5)")
+    w.add_argument("--margin", type=flags.number(0, 100), default=reports.DEFAULT_MARGIN,
+                   help="the equivalence margin in percentage points of final test accuracy (default 0.5), fixed "
+                        "here, before the runs: every run's header keeps it and `nin report` reads it from there")
     w.add_argument("--title", help="the report's title")
     w.add_argument("--retry-diverged", action="store_true", help="run diverged runs again (they are deterministic)")
     w.set_defaults(func=cmd_sweep)
@@ -513,7 +593,12 @@ def _add_train_and_sweep(sub) -> None:
 def _add_report_plot_and_lr_find(sub) -> None:
     r = sub.add_parser("report", help="summary and backend agreement (TOST) of training runs")
     r.add_argument("runs", nargs="+", type=flags.path, help="run directories, or folders holding them")
-    r.add_argument("--margin", type=flags.number(0, 100), default=0.5, help="equivalence margin in pp (default 0.5)")
+    r.add_argument("--margin", type=flags.number(0, 100),
+                   help="equivalence margin in pp for runs that fixed none before they started (default 0.5; "
+                        "the report says it was chosen after the runs); runs of `nin sweep` carry their own")
+    r.add_argument("--power-out", metavar="DIR", type=flags.path,
+                   help="also write DIR/power.md and power.json: the seeds the agreement test needs for every "
+                        "registered backend, from these runs' seed-to-seed spread, with its provenance")
     r.add_argument("--out", metavar="DIR", type=flags.path, help="also write DIR/report.md, report.json and curves.png")
     r.add_argument("--color-by", choices=("backend", "variant"), default="backend",
                    help="one colour per backend (default) or per variant in the curves")
