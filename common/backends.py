@@ -114,14 +114,14 @@ class TrainModule(Protocol):
     def cross_entropy(self, logits: Any, labels: Any) -> Any:
         """Mean softmax cross-entropy over the batch, the framework's own."""
 
-    def make_optimizer(self, model: Any, config: Any) -> Any:
-        """SGD in the suite's form: g += wd * w; v = m * v + g; w -= lr * v."""
+    def make_optimizer(self, model: Any, lrs: Any, *, momentum: float = 0.0, weight_decay: float = 0.0) -> Any:
+        """SGD in the suite's form, g += wd * w; v = m * v + g; w -= lrs[t] * v, t counted by the optimizer."""
 
     def loss_and_grads(self, model: Any, images: Any, labels: Any) -> tuple:
         """(mean loss, canonical gradient of every trainable tensor), training mode."""
 
-    def train_step(self, model: Any, optimizer: Any, images: Any, labels: Any) -> float:
-        """One step: forward, backward, optimizer update; the batch's mean loss."""
+    def train_step(self, model: Any, optimizer: Any, x: Any, y: Any) -> tuple:
+        """One step on a batch in the model's input form (training mode): (mean loss, correct predictions)."""
 
     def configure(self, device: str = "cpu", precision: str = "fp32") -> dict:
         """Process-wide numerics for a precision (fp32: no TF32, deterministic); what was set."""
@@ -140,14 +140,14 @@ class LoopModule(Protocol):
     """loop.py: the framework's own training loop around the model (nin train)."""
 
     def make_trainer(self, spec: Any, lrs: Any, *, momentum: float, weight_decay: float, device: str,
-                     compile: str) -> Any:
-        """The model and its optimizer for a run whose step k uses learning rate lrs[k]."""
+                     compile: str, dtype: str = "float32") -> Any:
+        """The model and train.make_optimizer's optimizer for a run whose step k uses learning rate lrs[k]."""
 
     def load_state(self, trainer: Any, weights: dict, optimizer: dict, step: int) -> None:
-        """Canonical weights, momentum buffers ("momentum/<name>") and the step count into the trainer."""
+        """Canonical weights, canonical momentum buffers ("momentum/<name>") and the step count: any backend's."""
 
     def export_state(self, trainer: Any) -> tuple:
-        """(canonical weights, optimizer state, steps done): what a checkpoint holds."""
+        """(canonical weights, {"momentum/<name>": canonical buffer}, steps done): a framework-neutral checkpoint."""
 
     def train_epoch(self, trainer: Any, images: Any, labels: Any, *, batch_size: int, dropout_seed: int,
                     progress: Callable) -> None:

@@ -11,6 +11,12 @@ Nothing in a record is needed to rebuild a case but its `Cases` (seeds and sizes
   convention, and the variance's bias: PyTorch keeps the unbiased one, the others the biased one).
 * momentum trajectory / final weights: the same start, `momentum_steps` steps of SGD with momentum
   and coupled weight decay (the paper's optimizer, and every framework's other SGD formulation).
+* scheduled trajectory / evaluation / final weights / running statistics: the training loop's own
+  code (each backend's loop.py: make_trainer, train_epoch, evaluate, export_state, load_state) on
+  `scheduled_images` uint8 Fashion-MNIST images resized on the device, in the driver's per-epoch
+  order, a warm-up + cosine learning-rate table, momentum and coupled weight decay, the last partial
+  batch, an evaluation after every epoch (batch norm's running statistics), and a checkpoint after
+  every epoch resumed in a fresh trainer: what `nin train` runs, dropout off.
 * dropout: for each dropout rate p of the spec, a probe network (dropout alone) on a batch of ones,
   in training and in evaluation mode: a fraction p zeroed and the rest scaled by 1 / (1 - p) in
   training, the identity in evaluation (a statistical check: frameworks draw their own masks).
@@ -30,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calc, data, reference, weights
+from . import calc, data, reference, schedule, weights
 from .fsio import atomic_path
 from .spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 
-REFERENCE_VERSION = 6  # bump when common.reference or the cases change what they compute: the cache key
+REFERENCE_VERSION = 7  # bump when common.reference or the cases change what they compute: the cache key
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,11 @@ class Cases:
     momentum_steps: int = 3  # the second step is the first to use the momentum buffer
     momentum: float = 0.9
     weight_decay: float = 1e-3
+    scheduled_images: int = 10  # the scheduled run: uint8 images, batches of 4, 4 and the partial 2
+    scheduled_batch: int = 4
+    scheduled_epochs: int = 2  # a checkpoint after each, resumed in a fresh trainer: the middle of the run
+    scheduled_warmup: int = 2  # steps of linear warm-up, then cosine to 0 (common.schedule)
+    test_images: int = 6  # evaluated after each epoch, in batches of scheduled_batch (4 and a partial 2)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "cases") -> Cases:
@@ -60,7 +71,9 @@ class Cases:
         missing = sorted(set(fields) - set(d))
         if unknown or missing:
             raise ValueError(f"{source}: fields differ from {sorted(fields)}: unknown {unknown}, missing {missing}")
-        limits = {"batch": (1, 64), "steps": (1, 100), "train_batch": (1, 64), "momentum_steps": (1, 100)}
+        limits = {"batch": (1, 64), "steps": (1, 100), "train_batch": (1, 64), "momentum_steps": (1, 100),
+                  "scheduled_images": (1, 256), "scheduled_batch": (1, 64), "scheduled_epochs": (1, 8),
+                  "scheduled_warmup": (0, 2048), "test_images": (1, 256)}
         for name, default in fields.items():
             v = d[name]
             if isinstance(default, int):
@@ -129,12 +142,98 @@ def inputs(spec, cases: Cases) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def training_batches(spec, cases: Cases, data_dir=None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The Fashion-MNIST batches of both training runs (the momentum run uses the first ones)."""
-    return data.fixed_batches(spec, max(cases.steps, cases.momentum_steps), cases.train_batch, data_dir)
+@dataclass(frozen=True)
+class TrainingData:
+    """What the training cases train on: float batches of the constant-rate runs; uint8 images of the scheduled one."""
+    batches: list  # (float32 NCHW images, int32 labels), the first ones in file order
+    images: np.ndarray  # uint8 (scheduled_images, 28, 28), the first training images in file order
+    labels: np.ndarray
+    test_images: np.ndarray  # uint8 (test_images, 28, 28), the first test images
+    test_labels: np.ndarray
 
 
-def compute(spec, cases: Cases, batches, *, rounding: reference.Rounding | None = None) -> dict[str, np.ndarray]:
+def training_batches(spec, cases: Cases, data_dir=None) -> TrainingData:
+    """The Fashion-MNIST data of every training case (the momentum run uses the first batches)."""
+    batches = data.fixed_batches(spec, max(cases.steps, cases.momentum_steps), cases.train_batch, data_dir)
+    x, y = data.load("train", data_dir)
+    tx, ty = data.load("test", data_dir)
+    n, m = cases.scheduled_images, cases.test_images
+    return TrainingData(batches, x[:n].copy(), y[:n].astype(np.int32), tx[:m].copy(), ty[:m].astype(np.int32))
+
+
+def scheduled_lrs(cases: Cases) -> np.ndarray:
+    """The scheduled run's rate of every step: warm-up, then cosine to 0, peaking at cases.lr."""
+    total = cases.scheduled_epochs * scheduled_steps(cases)
+    return schedule.lr_table(cases.lr, total=total, warmup=cases.scheduled_warmup, schedule="cosine")
+
+
+def scheduled_steps(cases: Cases) -> int:
+    """Steps per epoch of the scheduled run (the last batch may be partial)."""
+    return -(-cases.scheduled_images // cases.scheduled_batch)
+
+
+def midpoint(cases: Cases) -> int:
+    """The epochs before the checkpoint that the cross-framework resume case starts from."""
+    return max(1, cases.scheduled_epochs // 2)
+
+
+def resumed_view(values: dict, cases: Cases) -> dict:
+    """The scheduled case's quantities after the midpoint checkpoint, as "resumed/..." keys: what a
+    run resumed from that checkpoint (by any backend) must reproduce. Works on references, spreads
+    and records alike (a spread's trajectory is per step, like the trajectory)."""
+    out = {}
+    for key, value in values.items():
+        if not key.startswith("scheduled/") or key.startswith("scheduled/checkpoint/"):
+            continue
+        name = "resumed/" + key[len("scheduled/"):]
+        if key == "scheduled/trajectory":
+            value = np.asarray(value)[midpoint(cases) * scheduled_steps(cases):]
+        elif key.startswith("scheduled/eval"):
+            value = np.asarray(value)[midpoint(cases):]
+        out[name] = value
+    return out
+
+
+def scheduled_order(cases: Cases, epoch: int) -> np.ndarray:
+    """The order of epoch `epoch`: the driver's (common.data.epoch_order), seeded by init_seed."""
+    return data.epoch_order(cases.scheduled_images, seed=cases.init_seed, epoch=epoch)
+
+
+def _scheduled(spec, cases: Cases, init: dict, d: TrainingData, *, rounding) -> dict[str, np.ndarray]:
+    """The scheduled case in float64: per epoch, the driver's order, SGD over the table's rates,
+    then an evaluation with the running statistics (biased and, as "_unbiased", PyTorch's variance)."""
+    spec = spec.with_dropout(0.0)
+    rows, cols = data.input_matrices(spec)
+    resize = lambda images: reference.resize(images, rows, cols, spec.input_shape[0], rounding=rounding)  # noqa: E731
+    lrs, velocity, losses, evals = scheduled_lrs(cases), {}, [], []
+    w = {k: np.array(v, dtype=np.float64) for k, v in init.items()}
+    running = {k: v.copy() for k, v in w.items() if k.endswith((".running_mean", ".running_var"))}
+    running.update({k + "_unbiased": v.copy() for k, v in running.items() if k.endswith(".running_var")})
+    tx = resize(d.test_images)
+    for epoch in range(cases.scheduled_epochs):
+        order = scheduled_order(cases, epoch)
+        for start in range(0, cases.scheduled_images, cases.scheduled_batch):
+            idx = order[start:start + cases.scheduled_batch]
+            loss, grads = reference.loss_and_grads(spec, w, resize(d.images[idx]), d.labels[idx],
+                                                   rounding=rounding, running=running)
+            reference.sgd_step(w, grads, velocity, lr=float(lrs[len(losses)]), momentum=cases.momentum,
+                               weight_decay=cases.weight_decay, rounding=rounding)
+            losses.append(loss)
+        for suffix in ("", "_unbiased"):
+            seen = {**w, **{k: running[k + suffix] if k.endswith(".running_var") else v for k, v in running.items()
+                            if not k.endswith("_unbiased")}}
+            evals.append((suffix, reference.evaluate(spec, seen, tx, d.test_labels, batch_size=cases.scheduled_batch,
+                                                     rounding=rounding)))
+    out = {"scheduled/trajectory": np.array(losses),
+           "scheduled/eval": np.array([v for s, v in evals if not s]),
+           "scheduled/eval_unbiased": np.array([v for s, v in evals if s])}
+    out.update({f"scheduled/final/{k}": v for k, v in w.items() if calc.is_trainable(k)})
+    out.update({f"scheduled/running/{k}": v for k, v in running.items()})
+    return out
+
+
+def compute(spec, cases: Cases, training: TrainingData, *, rounding: reference.Rounding | None = None
+            ) -> dict[str, np.ndarray]:
     """Every quantity a record holds for one variant, computed by the float64 reference (with
     `rounding`: a perturbed copy, see common.errormodel). Keys as in a record, without the variant."""
     w = weights.random_weights(spec, cases.weights_seed)
@@ -144,6 +243,7 @@ def compute(spec, cases: Cases, batches, *, rounding: reference.Rounding | None 
     out["loss"] = np.array([loss])
     out.update({f"grad/{k}": v for k, v in grads.items()})
     init = weights.init(spec, cases.init_seed)
+    batches = training.batches
     runs = (("", batches[:cases.steps], {}),
             ("momentum/", batches[:cases.momentum_steps], {"momentum": cases.momentum,
                                                             "weight_decay": cases.weight_decay}))
@@ -153,6 +253,7 @@ def compute(spec, cases: Cases, batches, *, rounding: reference.Rounding | None 
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
         if not prefix:
             out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
+    out.update(_scheduled(spec, cases, init, training, rounding=rounding))
     out.update({f"dropout/{i}/rate": np.array([p]) for i, p in enumerate(dropout_rates(spec))})
     return out
 

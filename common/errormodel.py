@@ -31,11 +31,12 @@ from .reference import Rounding
 
 UNITS = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "fast": 2.0 ** -11}  # fast: TF32 keeps 10 mantissa bits
 MEMBERS = 8  # kink flips are discrete events: four copies can miss one that a real run makes
-MODEL_VERSION = 2  # bump when the injected rounding changes: the key of every stored spread
+MODEL_VERSION = 3  # bump when the injected rounding changes: the key of every stored spread
 STORE = Path(__file__).resolve().parent / "error_model.json"
 
 # How a quantity is compared: elementwise ("max") or as a whole tensor ("norm").
-ELEMENTWISE = ("logits", "loss", "trajectory", "momentum/trajectory")
+ELEMENTWISE = ("logits", "loss", "trajectory", "momentum/trajectory", "scheduled/trajectory", "scheduled/eval",
+               "scheduled/eval_unbiased", "resumed/trajectory", "resumed/eval", "resumed/eval_unbiased")
 
 
 def measure(kind: str) -> str:
@@ -44,8 +45,9 @@ def measure(kind: str) -> str:
 
 def kind_of(key: str) -> str:
     """The quantity a record key names: logits, loss, grad, trajectory, final, running, momentum/trajectory,
-    momentum/final, dropout."""
-    for prefix in ("momentum/final/", "final/", "grad/", "running/", "dropout/"):
+    momentum/final, scheduled/trajectory, scheduled/eval, scheduled/final, scheduled/running, dropout."""
+    for prefix in ("momentum/final/", "scheduled/final/", "scheduled/running/", "resumed/final/", "resumed/running/",
+                   "final/", "grad/", "running/", "dropout/"):
         if key.startswith(prefix):
             return prefix[:-1]
     return key

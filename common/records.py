@@ -23,7 +23,7 @@ import numpy as np
 
 from . import calc
 from .backends import BACKENDS
-from .cases import DROPOUT_PROBE, Cases, dropout_rates
+from .cases import DROPOUT_PROBE, Cases, dropout_rates, midpoint, scheduled_steps
 from .data import CLASSES
 from .fsio import atomic_path
 from .spec import NetSpec, SpecError, finite, loads
@@ -47,7 +47,7 @@ FIELDS = {  # metadata field -> type; the first eleven are required
     "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,
     "float64_limits": dict,
     "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
-    "command": str,
+    "command": str, "resumed_from": dict,
 }
 REQUIRED = tuple(FIELDS)[:11]
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
@@ -85,15 +85,28 @@ def write_record(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -
     return Path(path)
 
 
-def expected_tensors(spec: NetSpec, cases: Cases) -> dict[str, tuple[int, ...]]:
-    """Every tensor a record holds for one variant, by key (without the variant) and shape."""
+def expected_tensors(spec: NetSpec, cases: Cases, *, resumed: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor a record holds for one variant, by key (without the variant) and shape; resumed:
+    a resume record's (another backend's checkpoint, continued: `nin record --resume-from`)."""
     shapes = calc.param_shapes(spec)
     params = {k: v for k, v in shapes.items() if calc.is_trainable(k)}
+    steps, epochs = scheduled_steps(cases), cases.scheduled_epochs
+    if resumed:
+        out = {"resumed/trajectory": ((epochs - midpoint(cases)) * steps,), "resumed/eval": (epochs - midpoint(cases),)}
+        out.update({f"resumed/{'final' if calc.is_trainable(k) else 'running'}/{k}": v for k, v in shapes.items()})
+        return out
     out = {"logits": (cases.batch, spec.num_classes), "loss": (1,), "trajectory": (cases.steps,),
            "momentum/trajectory": (cases.momentum_steps,)}
     for prefix in ("grad/", "final/", "momentum/final/"):
         out.update({prefix + k: shape for k, shape in params.items()})
     out.update({f"running/{k}": shape for k, shape in shapes.items() if not calc.is_trainable(k)})
+    out.update({"scheduled/trajectory": (epochs * steps,), "scheduled/eval": (epochs,),
+                "scheduled/checkpoint/step": (1,)})
+    for k, shape in shapes.items():
+        out[f"scheduled/{'final' if calc.is_trainable(k) else 'running'}/{k}"] = shape
+        out[f"scheduled/checkpoint/weights/{k}"] = shape
+        if calc.is_trainable(k):
+            out[f"scheduled/checkpoint/momentum/{k}"] = shape
     for i, _ in enumerate(dropout_rates(spec)):
         out.update({f"dropout/{i}/train": DROPOUT_PROBE, f"dropout/{i}/eval": DROPOUT_PROBE})
     return out
@@ -102,7 +115,8 @@ def expected_tensors(spec: NetSpec, cases: Cases) -> dict[str, tuple[int, ...]]:
 def reference_work(spec: NetSpec, cases: Cases) -> int:
     """Multiply-adds the float64 reference spends on one variant's cases: the logits' forward pass, the
     gradients' forward and backward (x 3), and both training runs (the error model repeats it all)."""
-    passes = cases.batch * 4 + 3 * cases.train_batch * (cases.steps + cases.momentum_steps)
+    passes = (cases.batch * 4 + 3 * cases.train_batch * (cases.steps + cases.momentum_steps)
+              + cases.scheduled_epochs * (3 * cases.scheduled_images + cases.test_images))
     return calc.summary(spec).total_macs * passes
 
 
@@ -209,9 +223,10 @@ def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
     return spec
 
 
-def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, precision: str) -> None:
+def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, precision: str, resumed: bool) -> None:
     dtype = DTYPES[precision]
-    expected = {f"{v}/{k}": shape for v, spec in specs.items() for k, shape in expected_tensors(spec, cases).items()}
+    expected = {f"{v}/{k}": shape for v, spec in specs.items()
+                for k, shape in expected_tensors(spec, cases, resumed=resumed).items()}
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise RecordError(f"{path}: tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} belong to no variant "
@@ -279,5 +294,10 @@ def read_record(path) -> Record:
     if not meta["variants"]:
         raise RecordError(f"{path}: metadata.variants is empty: the record checks nothing")
     specs = {name: _check_variant(path, name, info, cases) for name, info in meta["variants"].items()}
-    _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"])
+    resumed = meta.get("resumed_from")
+    if resumed is not None and not (isinstance(resumed, dict) and all(
+            isinstance(resumed.get(k), str) for k in ("backend", "hyperparameters", "running_variance", "record"))):
+        raise RecordError(f"{path}: metadata.resumed_from: expected an object with backend, hyperparameters, "
+                          f"running_variance and record (strings), got {json.dumps(resumed)[:80]}")
+    _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], resumed=resumed is not None)
     return Record(path, meta, tensors, cases, specs)

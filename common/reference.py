@@ -277,20 +277,53 @@ def sgd_step(weights: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], ve
         weights[name] = new if rounding is None else rounding.stored(new)
 
 
-def train_trajectory(spec: NetSpec, weights: Mapping[str, np.ndarray], batches, *, lr: float,
+def _rate(lr, step: int) -> float:
+    """A constant rate, or step `step`'s entry of a per-step table (the last entry past its end)."""
+    if np.ndim(lr) == 0:
+        return float(lr)
+    return float(lr[min(step, len(lr) - 1)])
+
+
+def train_trajectory(spec: NetSpec, weights: Mapping[str, np.ndarray], batches, *, lr,
                      momentum: float = 0.0, weight_decay: float = 0.0, dtype=np.float64,
                      rounding: Rounding | None = None):
-    """Per-step losses and final weights of SGD on the given (images, labels) batches, dropout off.
-    The final weights' batch-norm statistics are the running ones the steps made; the unbiased
-    running variance (PyTorch's convention) is added as "<bn>.running_var_unbiased"."""
+    """Per-step losses and final weights of SGD on the given (images, labels) batches, dropout off;
+    lr is a number or the rate of every step. The final weights' batch-norm statistics are the running
+    ones the steps made; the unbiased running variance (PyTorch's convention) is added as
+    "<bn>.running_var_unbiased"."""
     spec = spec.with_dropout(0.0)
     w = _cast(weights, dtype)
     running = {k: v.copy() for k, v in w.items() if k.endswith((".running_mean", ".running_var"))}
     running.update({k + "_unbiased": v.copy() for k, v in running.items() if k.endswith(".running_var")})
     velocity: dict[str, np.ndarray] = {}
     losses = []
-    for images, labels in batches:
+    for t, (images, labels) in enumerate(batches):
         loss, grads = loss_and_grads(spec, w, images, labels, dtype=dtype, rounding=rounding, running=running)
         losses.append(loss)
-        sgd_step(w, grads, velocity, lr=lr, momentum=momentum, weight_decay=weight_decay, rounding=rounding)
+        sgd_step(w, grads, velocity, lr=_rate(lr, t), momentum=momentum, weight_decay=weight_decay,
+                 rounding=rounding)
     return np.array(losses), {**w, **running}
+
+
+def resize(images: np.ndarray, rows: np.ndarray, cols: np.ndarray, channels: int, *,
+           rounding: Rounding | None = None) -> np.ndarray:
+    """uint8 (N, 28, 28) -> (N, C, H, W): rows @ X @ cols^T, the grey repeated, as every training
+    backend computes it on its device (two matmuls of 28 terms each)."""
+    x = images.astype(np.float64)
+    y = np.einsum("hi,nij->nhj", rows, x)
+    if rounding is not None:
+        y = rounding.sums(y, np.einsum("hi,nij->nhj", rows ** 2, x ** 2), x.shape[1])
+    z = np.einsum("nhj,wj->nhw", y, cols)
+    if rounding is not None:
+        z = rounding.sums(z, np.einsum("nhj,wj->nhw", y ** 2, cols ** 2), x.shape[2])
+    return np.repeat(z[:, None], channels, axis=1)
+
+
+def evaluate(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray, *,
+             batch_size: int, rounding: Rounding | None = None) -> float:
+    """Mean cross-entropy in evaluation mode (running statistics, dropout off), batch by batch."""
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        logits = forward(spec, weights, images[start:start + batch_size], rounding=rounding)
+        total += softmax_cross_entropy(logits, labels[start:start + batch_size]) * len(logits)
+    return total / len(images)

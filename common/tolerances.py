@@ -45,6 +45,14 @@ CHECKS = {
     "running_statistics": "running/",
     "momentum_trajectory": "momentum/trajectory",
     "momentum_final_weights": "momentum/final/",
+    "scheduled_trajectory": "scheduled/trajectory",  # the training loop's own code: see common.cases
+    "scheduled_evaluation": "scheduled/eval",
+    "scheduled_final_weights": "scheduled/final/",
+    "scheduled_running_statistics": "scheduled/running/",
+    "resumed_trajectory": "resumed/trajectory",  # another backend's checkpoint, continued: resume records only
+    "resumed_evaluation": "resumed/eval",
+    "resumed_final_weights": "resumed/final/",
+    "resumed_running_statistics": "resumed/running/",
     "dropout": "dropout/",  # statistical: see judge_dropout
 }
 DROPOUT_SIGMAS = 5.0
@@ -95,11 +103,29 @@ def judge(kind: str, got, reference, bounds: np.ndarray) -> Verdict:
     return Verdict(norm / scale, ratio)
 
 
+def _independence(dropped: np.ndarray, rate: float) -> dict[str, float]:
+    """Masks drawn independently per activation: neighbouring units of one example, and one unit in
+    neighbouring examples, are both dropped rate**2 of the time (a mask shared across the batch, or
+    drawn per channel block, is not), within DROPOUT_SIGMAS binomial standard deviations."""
+    out = {}
+    for what, a, b in (("neighbouring units", dropped[:, :-1], dropped[:, 1:]),
+                       ("neighbouring examples", dropped[:-1], dropped[1:])):
+        if a.size == 0:
+            continue
+        both = float(np.mean(a & b))
+        sigma = np.sqrt(rate ** 2 * (1 - rate ** 2) / a.size)
+        out[f"{what} both dropped {both:.3f}, independent masks {rate ** 2:.3f}"] = (
+            abs(both - rate ** 2) / (DROPOUT_SIGMAS * sigma) if sigma > 0 else 0.0)
+    return out
+
+
 def judge_dropout(rate: float, train, evaluation, precision: str) -> Verdict:
     """Dropout on a batch of ones: in training a fraction `rate` is zeroed (within DROPOUT_SIGMAS
-    binomial standard deviations) and every kept unit is 1 / (1 - rate) (inverted dropout, to the
-    floor's rounding); in evaluation every unit is 1. The ratio is the worst of the three."""
-    train = np.asarray(train, dtype=np.float64).reshape(-1)
+    binomial standard deviations), independently per activation (_independence), and every kept unit
+    is 1 / (1 - rate) (inverted dropout, to the floor's rounding); in evaluation every unit is 1. The
+    ratio is the worst of the parts."""
+    grid = np.asarray(train, dtype=np.float64).reshape(np.shape(train)[0], -1)  # (examples, units)
+    train = grid.reshape(-1)
     evaluation = np.asarray(evaluation, dtype=np.float64).reshape(-1)
     if not (np.all(np.isfinite(train)) and np.all(np.isfinite(evaluation))):
         return Verdict(float("inf"), float("inf"), "NaN or infinite values")
@@ -113,6 +139,7 @@ def judge_dropout(rate: float, train, evaluation, precision: str) -> Verdict:
         f"kept units {kept.min() if kept.size else 0:.6g}..{kept.max() if kept.size else 0:.6g}, "
         f"expected {scale:.6g}": float(np.max(np.abs(kept - scale))) / (floor * scale) if kept.size else float("inf"),
         f"evaluation changed {int(np.sum(evaluation != 1))} units": float(np.max(np.abs(evaluation - 1))) / floor,
+        **_independence(grid == 0, rate),
     }
     detail, ratio = max(parts.items(), key=lambda kv: kv[1])
     return Verdict(abs(dropped - rate), ratio, detail)

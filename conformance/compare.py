@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common import calc, errormodel, provenance, weights
-from common.cases import Cases, as_kernels_see, reference_results
+from common.cases import Cases, as_kernels_see, reference_results, resumed_view
 from common.records import Record, RecordError, read_record
 from common.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
 
@@ -113,7 +113,7 @@ def check_values(variant: str, label: str, against: str, *, values: dict, refere
                 verdicts.append((float("inf"), float("inf"), f"{key}: missing"))
                 continue
             v = judge(errormodel.kind_of(key), values[key], reference[key], bounds[key])
-            name = key.split("/", 1)[1] if check in ("gradients", "final_weights", "momentum_final_weights") else ""
+            name = key.rsplit("/", 1)[1] if check.endswith(("gradients", "weights", "statistics")) else ""
             verdicts.append((v.ratio, v.measured, " ".join(filter(None, [name, v.detail]))))
         if not verdicts:
             continue
@@ -173,12 +173,34 @@ class _References:
         self.seen: dict[tuple, dict] = {}
 
     def seen_by(self, rec: Record) -> dict:
-        key = _kind(rec)
+        return self.seen_as(*_kind(rec))
+
+    def seen_as(self, hyperparameters: str, running_variance: str) -> dict:
+        key = (hyperparameters, running_variance)
         if key not in self.seen:
             self.seen[key] = reference_as_seen(self.spec, self.cases, self.init, hyperparameters=key[0],
                                                running_variance=key[1], data_dir=self.data_dir,
                                                use_cache=self.use_cache)
         return self.seen[key]
+
+
+def _resumed_rows(rec: Record, variant: str, label: str, *, refs: _References, values: dict,
+                  bounds: dict) -> list[Check]:
+    """A resume record against the reference's scheduled run after its midpoint. Its first half was
+    another backend's: where that backend's kernels see other hyperparameters (MXNet's float32 lr),
+    the distance between the two references is added to the bound, as between two records."""
+    source = rec.meta["resumed_from"]
+    mine = resumed_view(refs.seen_by(rec), rec.cases)
+    theirs = resumed_view(refs.seen_as(source["hyperparameters"], source["running_variance"]), rec.cases)
+    own = resumed_view(for_convention(bounds, rec.meta["running_variance"]), rec.cases)
+    apart = {k: (np.abs(mine[k] - theirs[k]).reshape(-1) if errormodel.measure(errormodel.kind_of(k)) == "max"
+                 else np.linalg.norm(mine[k] - theirs[k])) for k in mine if k in theirs}
+    rows = check_values(variant, label, "reference", values=values, reference=mine,
+                        bounds={k: own[k] + apart.get(k, 0.0) for k in mine})
+    for row in rows:
+        row.path = str(rec.path)
+        row.detail = "; ".join(filter(None, [row.detail, f"continued from {source['backend']}'s checkpoint"]))
+    return rows
 
 
 def labels(recs: list[Record]) -> dict[int, str]:
@@ -187,7 +209,8 @@ def labels(recs: list[Record]) -> dict[int, str]:
     differ = {k: len({r.meta[k] for r in recs}) > 1 for k in ("device", "precision")}
     base = {}
     for i, r in enumerate(recs):
-        text = f"{r.backend}/{r.meta['compile']}"
+        source = r.meta.get("resumed_from")
+        text = f"{source['backend']}->{r.backend}/{r.meta['compile']}" if source else f"{r.backend}/{r.meta['compile']}"
         extra = [r.meta[k] for k in ("device", "precision") if differ[k]]
         base[i] = text + (f"@{'-'.join(extra)}" if extra else "")
     counts = {t: list(base.values()).count(t) for t in base.values()}
@@ -303,10 +326,13 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                 out.rows.append(_failed(names[i], f"{rec.path.name} built a different network under the name "
                                         f"{variant!r} than {recs[holders[0]].path.name}", rec.path, variant))
                 continue
-            same_net.append(i)
             out.rows += check_structure(rec, variant, names[i])
             values[i] = _variant_values(rec, variant, init)  # once per record: every pair below reads it
             prec, why = held[i]
+            if rec.meta.get("resumed_from"):  # the cross-framework resume case: against the reference only
+                out.rows += _resumed_rows(rec, variant, names[i], refs=refs, values=values[i], bounds=bounds[prec])
+                continue
+            same_net.append(i)
             rows = check_values(variant, names[i], "reference", values=values[i], reference=reference_for(rec),
                                 bounds=for_convention(bounds[prec], rec.meta["running_variance"]),
                                 precision=rec.precision)
@@ -319,7 +345,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             for b in same_net[a_pos + 1:]:
                 va, vb = values[a], values[b]
                 same = recs[a].meta["running_variance"] == recs[b].meta["running_variance"]
-                keys = [k for k in vb if errormodel.kind_of(k) != "dropout"
+                keys = [k for k in vb if errormodel.kind_of(k) != "dropout" and k in bounds[held[a][0]]
                         and (same or not k.endswith(".running_var"))]  # other conventions: reference only
                 # each record within its bound of its own reference; the references differ where the
                 # kernels see other hyperparameters (MXNet's float32 lr): that difference is added

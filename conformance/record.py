@@ -29,9 +29,13 @@ from common.cases import (
     PROBE,
     PROBE_CASES,
     Cases,
+    TrainingData,
     dropout_probe,
     dropout_rates,
     inputs,
+    midpoint,
+    scheduled_lrs,
+    scheduled_order,
     training_batches,
 )
 from common.data import DataError
@@ -46,8 +50,62 @@ class DeviceError(RuntimeError):
     """The device asked for is not visible to the framework (`--device gpu` without a GPU)."""
 
 
-def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device: str, precision: str,
-                    compile: str) -> tuple[dict[str, np.ndarray], dict]:
+def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: TrainingData, device: str,
+            precision: str, compile: str) -> tuple[list, list, tuple, tuple | None]:
+    """Epochs `first`.. of the scheduled run through the backend's loop, as `nin train` runs them: each
+    in a fresh trainer resumed from the last checkpoint (export_state -> load_state), train_epoch over
+    the uint8 images in the driver's order, evaluate. (losses, evaluations, last state, midpoint state)."""
+    lrs, losses, evals, middle = scheduled_lrs(cases), [], [], None
+    for epoch in range(first, cases.scheduled_epochs):
+        trainer = loop_mod.make_trainer(spec, lrs, momentum=cases.momentum, weight_decay=cases.weight_decay,
+                                        device=device, compile=compile, dtype=DTYPES[precision])
+        loop_mod.load_state(trainer, *state)
+        order = scheduled_order(cases, epoch)
+        loop_mod.train_epoch(trainer, data.images[order], data.labels[order], batch_size=cases.scheduled_batch,
+                             dropout_seed=epoch, progress=lambda n, loss, correct: losses.append(loss))
+        evals.append(loop_mod.evaluate(trainer, data.test_images, data.test_labels,
+                                       batch_size=cases.scheduled_batch)["loss"])
+        state = loop_mod.export_state(trainer)
+        middle = state if epoch + 1 == midpoint(cases) else middle
+    return losses, evals, state, middle
+
+
+def _run_tensors(prefix: str, losses: list, evals: list, final: dict) -> dict[str, np.ndarray]:
+    out = {f"{prefix}/trajectory": np.array(losses), f"{prefix}/eval": np.array(evals)}
+    out.update({f"{prefix}/{'final' if calc.is_trainable(k) else 'running'}/{k}": v for k, v in final.items()})
+    return out
+
+
+def scheduled_run(loop_mod, spec, *, cases: Cases, data: TrainingData, device: str, precision: str,
+                  compile: str) -> dict[str, np.ndarray]:
+    """The scheduled case (common.cases) and its midpoint checkpoint, keys without the variant."""
+    spec = spec.with_dropout(0.0)
+    losses, evals, state, middle = _epochs(loop_mod, spec, (weights.init(spec, cases.init_seed), {}, 0), 0,
+                                           cases=cases, data=data, device=device, precision=precision,
+                                           compile=compile)
+    out = _run_tensors("scheduled", losses, evals, state[0])
+    w, momentum, step = middle
+    out.update({f"scheduled/checkpoint/weights/{k}": v for k, v in w.items()})
+    out.update({f"scheduled/checkpoint/{k}": v for k, v in momentum.items()})
+    out["scheduled/checkpoint/step"] = np.array([step])
+    return out
+
+
+def resumed_run(loop_mod, spec, checkpoint: dict, *, cases: Cases, data: TrainingData, device: str, precision: str,
+                compile: str) -> dict[str, np.ndarray]:
+    """The scheduled run continued from another record's midpoint checkpoint ("scheduled/checkpoint/..."
+    keys, canonical names): the cross-framework resume case. Keys "resumed/...", without the variant."""
+    spec = spec.with_dropout(0.0)
+    w = {k[len("weights/"):]: v for k, v in checkpoint.items() if k.startswith("weights/")}
+    momentum = {k: v for k, v in checkpoint.items() if k.startswith("momentum/")}
+    state = (w, momentum, int(np.asarray(checkpoint["step"]).reshape(-1)[0]))
+    losses, evals, state, _ = _epochs(loop_mod, spec, state, midpoint(cases), cases=cases, data=data, device=device,
+                                      precision=precision, compile=compile)
+    return _run_tensors("resumed", losses, evals, state[0])
+
+
+def compute_variant(model_mod, train_mod, loop_mod, spec, *, cases: Cases, data: TrainingData, device: str,
+                    precision: str, compile: str) -> tuple[dict[str, np.ndarray], dict]:
     """(tensors, info) of one variant: what the backend computes for every case, keys without the variant."""
     dtype, compiled = DTYPES[precision], compile == "compiled"
     w = weights.random_weights(spec, cases.weights_seed)
@@ -66,19 +124,21 @@ def compute_variant(model_mod, train_mod, spec, *, cases: Cases, batches, device
     out.update({f"grad/{k}": g for k, g in grads.items()})
 
     init = weights.init(spec, cases.init_seed)
-    runs = (("", cases.steps, specs.TrainConfig(lr=cases.lr)),
-            ("momentum/", cases.momentum_steps, specs.TrainConfig(lr=cases.lr, momentum=cases.momentum,
-                                                                  weight_decay=cases.weight_decay)))
-    for prefix, steps, config in runs:
+    for prefix, steps, sgd in (("", cases.steps, {}),
+                               ("momentum/", cases.momentum_steps, {"momentum": cases.momentum,
+                                                                    "weight_decay": cases.weight_decay})):
         model = model_mod.build(nodrop, device=device, dtype=dtype, compiled=compiled)
         model_mod.load_weights(model, init)
-        optimizer = train_mod.make_optimizer(model, config)
-        losses = [train_mod.train_step(model, optimizer, x, y) for x, y in batches[:steps]]
+        optimizer = train_mod.make_optimizer(model, np.full(steps, cases.lr), **sgd)  # a constant table
+        losses = [train_mod.train_step(model, optimizer, model_mod.to_input(model, x), y)[0]
+                  for x, y in data.batches[:steps]]
         out[f"{prefix}trajectory"] = np.array(losses, dtype=dtype)
         final = model_mod.export_weights(model)
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
         if not prefix:
             out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
+    out.update(scheduled_run(loop_mod, spec, cases=cases, data=data, device=device, precision=precision,
+                             compile=compile))
     ones = np.ones(DROPOUT_PROBE + (1, 1), dtype=dtype)
     for i, rate in enumerate(dropout_rates(spec)):
         probe = model_mod.build(dropout_probe(rate), device=device, dtype=dtype, compiled=compiled)
@@ -96,6 +156,7 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
                 cases: Cases = Cases(), data_dir=None, progress=None) -> Path:
     model_mod = processes.load(backend, "model")
     train_mod = processes.load(backend, "train")
+    loop_mod = processes.load(backend, "loop")
     numerics = train_mod.configure(device, precision)  # first: XLA reads its flags when its GPU backend starts
     if device == "gpu":
         try:
@@ -112,8 +173,8 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
             raise SpecError(f"{name}: a second, different network named {spec.name!r} in one record")
         if progress:
             progress(f"{backend} {precision} {compile}: {spec.name}")
-        values, info = compute_variant(model_mod, train_mod, spec, cases=cases,
-                                       batches=training_batches(spec, cases, data_dir), device=device,
+        values, info = compute_variant(model_mod, train_mod, loop_mod, spec, cases=cases,
+                                       data=training_batches(spec, cases, data_dir), device=device,
                                        precision=precision, compile=compile)
         tensors.update({f"{spec.name}/{k}": v for k, v in values.items()})
         per_variant[spec.name] = info
@@ -141,6 +202,45 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
     return records.write_record(out, tensors, meta)
 
 
+def make_resumed_record(backend: str, source: Path, *, device: str, precision: str, compile: str, out: Path,
+                        data_dir=None, progress=None) -> Path:
+    """A resume record: every variant of the record `source` (another backend's, or this one's) continued
+    by this backend from the source's midpoint checkpoint, through this backend's loop."""
+    src = records.read_record(source)
+    if src.meta.get("resumed_from") is not None:
+        raise SpecError(f"--resume-from {source}: a resume record holds no checkpoint; give a full record")
+    if src.precision != precision:
+        raise SpecError(f"--resume-from {source}: a {src.precision} record; this record is {precision}")
+    model_mod = processes.load(backend, "model")
+    train_mod = processes.load(backend, "train")
+    loop_mod = processes.load(backend, "loop")
+    numerics = train_mod.configure(device, precision)
+    tensors = {}
+    for name, spec in src.specs.items():
+        if progress:
+            progress(f"{backend} {precision} {compile}: {name} from {src.backend}'s checkpoint")
+        prefix = f"{name}/scheduled/checkpoint/"
+        checkpoint = {k[len(prefix):]: v for k, v in src.tensors.items() if k.startswith(prefix)}
+        values = resumed_run(loop_mod, spec, checkpoint, cases=src.cases, data=training_batches(spec, src.cases,
+                             data_dir), device=device, precision=precision, compile=compile)
+        dtype = DTYPES[precision]
+        tensors.update({f"{name}/{k}": np.asarray(v, dtype=dtype) for k, v in values.items()})
+    meta = {**{k: v for k, v in src.meta.items() if k in ("format", "cases", "variants")},
+            "backend": backend, "framework": model_mod.FRAMEWORK,
+            "versions": {k: str(v) for k, v in train_mod.versions().items()},
+            "device": device, "device_name": train_mod.device_name(device), "precision": precision,
+            "compile": compile, "running_variance": model_mod.RUNNING_VARIANCE,
+            "hyperparameters": model_mod.HYPERPARAMETERS,
+            "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
+            "numerics": {k: str(v) for k, v in numerics.items()},
+            "resumed_from": {"backend": src.backend, "hyperparameters": src.meta["hyperparameters"],
+                             "running_variance": src.meta["running_variance"], "record": str(source)},
+            "python": platform.python_version(), "host": platform.node(), "platform": platform.platform(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)}
+    return records.write_record(out, tensors, meta)
+
+
 def one_line(error: BaseException) -> str:
     """An exception as one line: its message's first line (framework errors append C++ frames)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -161,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--compile", default="eager", choices=("eager", "compiled"))
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--resume-from", type=Path,
+                   help="a record (another backend's) whose midpoint checkpoint this backend continues")
     args = p.parse_args(argv)
-    if bool(args.quick) == bool(args.variant):
-        p.error("give --variant or --quick, one of the two")
+    if sum(map(bool, (args.quick, args.variant, args.resume_from))) != 1:
+        p.error("give --variant, --quick or --resume-from, one of the three")
     variants, cases = ([PROBE], PROBE_CASES) if args.quick else (args.variant, Cases())
+    progress = lambda m: print(f"  recording {m}", file=sys.stderr, flush=True)  # noqa: E731
     with processes.sigterm_unwinds():
         try:
             missing = processes.missing_here(args.backend)
@@ -172,13 +275,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
                 return 3
             check_writable(args.out, "--out")
-            out = make_record(args.backend, variants, device=args.device, precision=args.precision,
-                              compile=args.compile, out=args.out, cases=cases,
-                              progress=lambda m: print(f"  recording {m}", file=sys.stderr, flush=True))
+            if args.resume_from:
+                out = make_resumed_record(args.backend, args.resume_from, device=args.device,
+                                          precision=args.precision, compile=args.compile, out=args.out,
+                                          progress=progress)
+            else:
+                out = make_record(args.backend, variants, device=args.device, precision=args.precision,
+                                  compile=args.compile, out=args.out, cases=cases, progress=progress)
         except KeyboardInterrupt as e:
             print("interrupted: no record written", file=sys.stderr)
             return processes.interrupted_status(e)
-        except (SpecError, DataError, OutputError, BackendError, DeviceError) as e:
+        except (SpecError, DataError, OutputError, BackendError, DeviceError, records.RecordError) as e:
             print(one_line(e), file=sys.stderr)
             return 2
         except Exception as e:  # one line for `nin record` to show; the traceback on request

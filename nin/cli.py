@@ -125,15 +125,19 @@ def _variants(args) -> list[str]:
 
 
 def run_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
-               quiet: bool = False, timeout: float | None = None, quick: bool = False) -> subprocess.CompletedProcess:
+               quiet: bool = False, timeout: float | None = None, quick: bool = False,
+               resume_from: Path | None = None) -> subprocess.CompletedProcess:
     """Run conformance.record in the backend's own interpreter and environment (MXNet's is .venv-mxnet).
     Its exit status is the worker's (conformance.record.main), 124 after `timeout`; a timeout or an
     interruption asks the worker to stop and clean up first. Nothing it began is left behind.
-    quick: the quick tier's case (common.cases.PROBE) instead of `variants`."""
+    quick: the quick tier's case (common.cases.PROBE) instead of `variants`; resume_from: a resume record
+    of that record's variants (the cross-framework resume case)."""
     out = Path(out).resolve()
+    what = (["--resume-from", str(Path(resume_from).resolve())] if resume_from else ["--quick"] if quick
+            else ["--variant", *variants])
     cmd = processes.worker_command(backend, "conformance.record", [
         "--backend", backend, "--device", device, "--precision", precision, "--compile", compile,
-        "--out", str(out), *(["--quick"] if quick else ["--variant", *variants])])
+        "--out", str(out), *what])
     try:
         r = processes.run(cmd, env=processes.environment_for(backend), timeout=timeout, capture=quiet)
     except OSError as e:
@@ -367,9 +371,53 @@ def _record_and_compare(args, variants: list[str], jobs: list[tuple]) -> int:
     if not made:
         print("nin conformance: no backend could be recorded", file=sys.stderr)
         return 1
-    args.records = [str(p) for p in made]
+    resumed, resume_failed = _resume_all(args, jobs, made)
+    failed += resume_failed
+    args.records = [str(p) for p in made + resumed]
     status = _compare_and_write(args)
     return 1 if failed else status
+
+
+# The cross-framework resume case: each backend continues the next one's midpoint checkpoint, a ring
+# over the registry in which every backend saves once and resumes once per precision.
+RESUME_RING = ("torch", "jax", "keras-tf", "mxnet", "keras-jax", "keras-torch")
+
+
+def resume_pairs(available: list[str]) -> list[tuple[str, str]]:
+    """(source, target) pairs of the ring among the backends recorded, in ring order (a lone backend
+    resumes its own checkpoint, in a fresh process)."""
+    ring = [b for b in RESUME_RING if b in available] + [b for b in available if b not in RESUME_RING]
+    return [(ring[i], ring[(i + 1) % len(ring)]) for i in range(len(ring))]  # one backend: its own checkpoint
+
+
+def _resume_all(args, jobs: list[tuple], made: list[Path]) -> tuple[list[Path], list[str]]:
+    """Resume records (nin record --resume-from) of the ring's pairs, from the eager records just made,
+    `--jobs` at a time; (made, failures)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    eager = {(j[0], j[1]): j[4] for j in jobs if j[2] == "eager" and j[4] in made}
+    pairs = [(source, target, precision) for precision in args.precision
+             for source, target in resume_pairs([b for b, p in eager if p == precision])]
+
+    def one(pair):
+        source, target, precision = pair
+        name = f"{source}-to-{target}-{args.device}-{precision}.safetensors"
+        path = eager[source, precision].parent / "resume" / name
+        return path, run_record(target, [], device=args.device, precision=precision, compile="eager", out=path,
+                                quiet=True, timeout=args.timeout, resume_from=eager[source, precision])
+
+    out, failed = [], []
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for (source, target, precision), (path, r) in zip(pairs, pool.map(one, pairs)):
+            if r.returncode == 0:
+                out.append(path)
+                if not args.json:
+                    print(f"  {target} {precision}: resumed {source}'s checkpoint -> {path}", file=sys.stderr)
+            elif r.returncode == 3:  # the framework is not installed here: as in the sweep, skipped
+                print(f"skipped resuming {source} in {target}: {_last_line(r.stderr)}", file=sys.stderr)
+            else:
+                failed.append(f"{target} {precision} resuming {source}: {_worker_failure(r)}")
+    return out, failed
 
 
 def _record_all(jobs: list[tuple], args, *, workers: int) -> dict[int, subprocess.CompletedProcess]:

@@ -1,5 +1,5 @@
 """Training NiN the PyTorch way: a plain loop over the epoch's batches, optimizer.zero_grad(),
-loss.backward(), optimizer.step(), the learning rate set in the optimizer's param groups.
+and train.train_step (loss.backward(), optimizer.step(), the schedule's step) on every batch.
 
 The driver (training/worker.py) owns the data order, the learning-rate table, the seeds, the
 metrics and the checkpoints; this file owns what only PyTorch knows. Images arrive as uint8
@@ -13,54 +13,70 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.data import input_matrices
-from common.spec import NetSpec, TrainConfig
+from common.spec import NetSpec
 
-from .model import build, canonical_tensors, device_of, export_weights, load_weights
-from .train import make_optimizer
+from .model import (
+    DTYPES,
+    build,
+    canonical_tensors,
+    device_of,
+    export_weights,
+    from_canonical,
+    load_weights,
+    to_canonical,
+)
+from .train import cross_entropy, make_optimizer, train_step
 
 
 @dataclass
 class Trainer:
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    lrs: np.ndarray  # the learning rate of every step
+    optimizer: torch.optim.Optimizer  # train.make_optimizer's: SGD, its LambdaLR as optimizer.schedule
     rows: torch.Tensor  # (H, 28) and (W, 28): the resize, on the device
     cols: torch.Tensor
     channels: int
-    step: int = 0
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str) -> Trainer:
-    """The model (canonical weights are loaded by load_state), SGD with the suite's convention."""
-    model = build(spec, device=device, compiled=compile == "compiled")
-    optimizer = make_optimizer(model, TrainConfig(lr=float(lrs[0]), momentum=momentum, weight_decay=weight_decay))
-    rows, cols = (torch.as_tensor(m, device=device_of(model)) for m in input_matrices(spec))
-    return Trainer(model, optimizer, lrs, rows, cols, spec.input_shape[0])
+                 compile: str, dtype: str = "float32") -> Trainer:
+    """The model (canonical weights are loaded by load_state) and train.make_optimizer's SGD."""
+    model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
+    rows, cols = (torch.as_tensor(m, device=device_of(model), dtype=DTYPES[dtype]) for m in input_matrices(spec))
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
 
 
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:
     """Canonical weights, the momentum buffers by canonical name ("momentum/<name>"), the step."""
     load_weights(trainer.model, weights, "checkpoint")
+    momentum = trainer.optimizer.param_groups[0]["momentum"]
     for name, p in canonical_tensors(trainer.model).items():
-        if f"momentum/{name}" in optimizer:
-            trainer.optimizer.state[p]["momentum_buffer"] = torch.as_tensor(optimizer[f"momentum/{name}"],
-                                                                            device=p.device).clone()
-    trainer.step = step
+        key = f"momentum/{name}"
+        if not p.requires_grad or (key not in optimizer and not (momentum and step)):
+            continue
+        if key not in optimizer:
+            raise ValueError(f"checkpoint: no {key} for a run with momentum {momentum:g} at step {step}")
+        buffer = np.asarray(from_canonical(name, optimizer[key]))
+        if buffer.shape != tuple(p.shape):
+            raise ValueError(f"checkpoint: {key} has shape {buffer.shape}, the model's {tuple(p.shape)}")
+        trainer.optimizer.state[p]["momentum_buffer"] = torch.as_tensor(buffer, device=p.device, dtype=p.dtype).clone()
+    schedule = trainer.optimizer.schedule
+    schedule.last_epoch = step
+    for group, rate in zip(trainer.optimizer.param_groups, schedule.lr_lambdas):
+        group["lr"] = group["initial_lr"] * rate(step)  # step `step`'s rate, as LambdaLR.step() sets it
 
 
 def export_state(trainer: Trainer) -> tuple[dict, dict, int]:
-    """(canonical weights, optimizer state, steps done)."""
+    """(canonical weights, canonical momentum buffers, steps done)."""
     optimizer = {}
     for name, p in canonical_tensors(trainer.model).items():
         buffer = trainer.optimizer.state.get(p, {}).get("momentum_buffer")
         if buffer is not None:
-            optimizer[f"momentum/{name}"] = buffer.detach().cpu().numpy().copy()
-    return export_weights(trainer.model), optimizer, trainer.step
+            optimizer[f"momentum/{name}"] = to_canonical(name, buffer)
+    return export_weights(trainer.model), optimizer, trainer.optimizer.schedule.last_epoch
 
 
 def _inputs(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
@@ -77,18 +93,10 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
     x_all = torch.as_tensor(images).to(device)  # 784 bytes per image cross to the device
     y_all = torch.as_tensor(labels, dtype=torch.long).to(device)
     torch.manual_seed(dropout_seed)
-    trainer.model.train()
     for start in range(0, len(images), batch_size):
         x, y = _inputs(trainer, x_all[start:start + batch_size]), y_all[start:start + batch_size]
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = float(trainer.lrs[trainer.step])
-        trainer.optimizer.zero_grad(set_to_none=True)
-        logits = trainer.model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        trainer.optimizer.step()
-        trainer.step += 1
-        progress(len(y), loss.item(), int((logits.argmax(1) == y).sum()))
+        loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
+        progress(len(y), loss, correct)
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
@@ -97,12 +105,12 @@ def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_
     x_all = torch.as_tensor(images).to(device)
     y_all = torch.as_tensor(labels, dtype=torch.long).to(device)
     trainer.model.eval()
-    loss, correct, zero = torch.zeros((), device=device), 0, 0
+    loss, correct, zero = torch.zeros((), device=device, dtype=trainer.rows.dtype), 0, 0
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x, y = _inputs(trainer, x_all[start:start + batch_size]), y_all[start:start + batch_size]
             logits = trainer.model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum")
+            loss += cross_entropy(logits, y) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             zero += int((logits <= 0).all(1).sum())
     n = len(images)

@@ -10,8 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.spec import TrainConfig
-
 from .model import canonical_tensors, device_of, to_canonical, to_input
 
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -22,19 +20,23 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # PyTorch's own convention is the suite's: g += wd * w; v = m * v + g; w -= lr * v.
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+def make_optimizer(model: nn.Module, lrs: np.ndarray, *, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """torch.optim.SGD, whose form is the suite's (g += wd * w; v = m * v + g; w -= lr * v), with a
+    LambdaLR over base rate 1 that sets step t's rate to lrs[t] exactly (kept as optimizer.schedule)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, weight_decay=weight_decay)
+    table, last = [float(lr) for lr in lrs], len(lrs) - 1
+    optimizer.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: table[min(t, last)])
+    return optimizer
 
 
-def _batch(model: nn.Module, images: np.ndarray, labels: np.ndarray):
-    return to_input(model, images), torch.as_tensor(labels, dtype=torch.long, device=device_of(model))
+def _labels(model: nn.Module, labels) -> torch.Tensor:
+    return torch.as_tensor(labels, dtype=torch.long, device=device_of(model))
 
 
 def loss_and_grads(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy in training mode and its gradient for every trainable canonical tensor."""
-    x, y = _batch(model, images, labels)
+    x, y = to_input(model, images), _labels(model, labels)
     model.train()
     model.zero_grad(set_to_none=True)
     loss = cross_entropy(model(x), y)
@@ -43,14 +45,17 @@ def loss_and_grads(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> 
     return loss.item(), grads
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray) -> float:
-    x, y = _batch(model, images, labels)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y) -> tuple[float, int]:
+    """zero_grad, forward in training mode, backward, optimizer.step(), then the schedule's step."""
+    y = _labels(model, y)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = cross_entropy(model(x), y)
+    logits = model(x)
+    loss = cross_entropy(logits, y)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    optimizer.schedule.step()
+    return loss.item(), int((logits.argmax(1) == y).sum())
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -78,18 +79,20 @@ class Mutant:
     what: str  # the mistake, in a line
     caught_by: tuple[str, ...]  # checks that must fail (every one); others may fail too
     apply: Callable  # apply(patch, model_mod, train_mod); patch: pytest's monkeypatch or Patches
+    precision: str = "fp32"  # the precision tests/test_mutations.py judges it in (the report: both)
 
 
 CATALOGUE: dict[str, Mutant] = {}
 
 
-def mutant(name: str, backends_: tuple[str, ...], breaks: str, what: str, *, caught_by: tuple[str, ...]):
+def mutant(name: str, backends_: tuple[str, ...], breaks: str, what: str, *, caught_by: tuple[str, ...],
+           precision: str = "fp32"):
     """Register the decorated apply function as a mutant of the catalogue."""
     def register(fn):
         unknown = [c for c in caught_by if c not in ALL_CHECKS]
         if unknown or not caught_by:
             raise ValueError(f"mutant {name}: caught_by {caught_by} names no check or unknown ones {unknown}")
-        CATALOGUE[name] = Mutant(name, tuple(backends_), breaks, what, tuple(caught_by), fn)
+        CATALOGUE[name] = Mutant(name, tuple(backends_), breaks, what, tuple(caught_by), fn, precision)
         return fn
     return register
 
@@ -127,7 +130,8 @@ def judge(model_mod, train_mod, *, precision: str = "fp32", device: str = "cpu",
     reference with the hyperparameters its kernels see, in its running-variance convention.
     train_mod must be configured for `precision` (see `configured`)."""
     spec, cases = PROBE, CASES
-    values, info = compute_variant(model_mod, train_mod, spec, cases=cases, batches=_batches(data_dir),
+    loop_mod = siblings(model_mod)[2]
+    values, info = compute_variant(model_mod, train_mod, loop_mod, spec, cases=cases, data=_batches(data_dir),
                                    device=device, precision=precision, compile="eager")
     limits = train_mod.float64_limits() if precision == "fp64" else {}
     record = Record(Path("-"), {"variants": {spec.name: info}, "precision": precision, "float64_limits": limits},
@@ -171,15 +175,23 @@ def configured(train_mod, precision: str, device: str = "cpu"):
 
 
 # --- helpers the mutants share ---------------------------------------------------------------
+def siblings(module) -> list:
+    """The loaded modules of a backend package (model, train, loop, ...): loop.py imports train's and
+    model's functions by name, so a patch must reach every module that holds the original."""
+    package = module.__name__.rsplit(".", 1)[0]
+    return [importlib.import_module(f"{package}.{name}") for name in ("model", "train", "loop")]
+
+
 def _wrap(patch, owner, name: str, wrapper) -> None:
-    """owner.name = wrapper(the original)."""
-    patch.setattr(owner, name, wrapper(getattr(owner, name)))
+    """owner.name = wrapper(the original), in every module of its package that holds the original."""
+    original = getattr(owner, name)
+    _everywhere(patch, [owner, *siblings(owner)], name, wrapper(original))
 
 
 def _everywhere(patch, modules, name: str, value) -> None:
     """Replace a function in every module that holds it (train.py imports some of model.py's)."""
     original = getattr(modules[0], name)
-    for module in modules:
+    for module in dict.fromkeys(modules):
         if getattr(module, name, None) is original:
             patch.setattr(module, name, value)
 
@@ -238,8 +250,9 @@ def _swap_names(patch, modules, *, first: str, second: str) -> None:
 
 
 def _optimizer(patch, train_mod, make) -> None:
-    """make_optimizer(model, config) -> make(original, model, config)."""
-    _wrap(patch, train_mod, "make_optimizer", lambda original: lambda model, config: make(original, model, config))
+    """make_optimizer(model, lrs, *, momentum, weight_decay) -> make(original, model, lrs, momentum, weight_decay)."""
+    _wrap(patch, train_mod, "make_optimizer", lambda original: lambda model, lrs, *, momentum=0.0, weight_decay=0.0:
+          make(original, model, np.asarray(lrs, dtype=np.float64), momentum, weight_decay))
 
 
 def _to_nhwc_by_reshape(patch, model_mod, train_mod) -> None:
@@ -253,8 +266,7 @@ def _to_nhwc_by_reshape(patch, model_mod, train_mod) -> None:
 @mutant("lr-x1.01", EVERY, TRAINING, "learning rate 1% too high (0.0625 -> 0.063125)",
         caught_by=("final_weights", "momentum_final_weights"))
 def lr_one_percent_high(patch, model_mod, train_mod):
-    _optimizer(patch, train_mod,
-               lambda make, model, config: make(model, dataclasses.replace(config, lr=config.lr * 1.01)))
+    _optimizer(patch, train_mod, lambda make, model, lrs, m, wd: make(model, lrs * 1.01, momentum=m, weight_decay=wd))
 
 
 # --- PyTorch -----------------------------------------------------------------------------------
@@ -374,8 +386,8 @@ def torch_loss_sum(patch, model_mod, train_mod):
 @mutant("torch-no-zero-grad", ("torch",), TRAINING, "optimizer.zero_grad() missing: gradients accumulate over steps",
         caught_by=("trajectory", "final_weights"))
 def torch_no_zero_grad(patch, model_mod, train_mod):
-    def make(original, model, config):
-        optimizer = original(model, config)
+    def make(original, model, lrs, momentum, weight_decay):
+        optimizer = original(model, lrs, momentum=momentum, weight_decay=weight_decay)
         optimizer.zero_grad = lambda set_to_none=True: None
         return optimizer
     _optimizer(patch, train_mod, make)
@@ -385,11 +397,12 @@ def torch_no_zero_grad(patch, model_mod, train_mod):
         "SGD(dampening=momentum): v = m v + (1 - m) g, the moving-average form of momentum",
         caught_by=("momentum_final_weights",))
 def torch_dampened_momentum(patch, model_mod, train_mod):
-    import torch
 
-    def make(original, model, config):
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               dampening=config.momentum, weight_decay=config.weight_decay)
+    def make(original, model, lrs, momentum, weight_decay):
+        optimizer = original(model, lrs, momentum=momentum, weight_decay=weight_decay)
+        for group in optimizer.param_groups:
+            group["dampening"] = momentum
+        return optimizer
     _optimizer(patch, train_mod, make)
 
 
@@ -466,8 +479,8 @@ def mxnet_train_mode_in_eval(patch, model_mod, train_mod):
         "trainer.step(1) after a summed loss: the step is batch-size times too large",
         caught_by=("trajectory", "final_weights", "momentum_final_weights"))
 def mxnet_step_1(patch, model_mod, train_mod):
-    def make(original, model, config):
-        trainer = original(model, config)
+    def make(original, model, lrs, momentum, weight_decay):
+        trainer = original(model, lrs, momentum=momentum, weight_decay=weight_decay)
         step = trainer.step
         trainer.step = lambda batch_size, ignore_stale_grad=False: step(1, ignore_stale_grad)
         return trainer
@@ -485,10 +498,10 @@ def mxnet_mean_loss_step_batch(patch, model_mod, train_mod):
         "wd_mult = 0 on biases and batch-norm gamma / beta (a Gluon habit); the suite decays every parameter",
         caught_by=("momentum_final_weights",))
 def mxnet_no_wd_on_bias_and_bn(patch, model_mod, train_mod):
-    def make(original, model, config):
+    def make(original, model, lrs, momentum, weight_decay):
         for p in model.collect_params(".*bias|.*gamma|.*beta").values():
             p.wd_mult = 0.0
-        return original(model, config)
+        return original(model, lrs, momentum=momentum, weight_decay=weight_decay)
     _optimizer(patch, train_mod, make)
 
 
@@ -588,9 +601,9 @@ def keras_loss_from_probabilities(patch, model_mod, train_mod):
 def keras_decoupled_weight_decay(patch, model_mod, train_mod):
     import keras
 
-    def make(original, model, config):
-        optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay or None)
+    def make(original, model, lrs, momentum, weight_decay):  # the matrix's constant-rate cases catch it
+        optimizer = keras.optimizers.SGD(learning_rate=float(lrs[0]), momentum=momentum,
+                                         weight_decay=weight_decay or None)
         optimizer.build(model.trainable_variables)
         return optimizer
     _optimizer(patch, train_mod, make)
@@ -699,9 +712,9 @@ def jax_weight_decay_after_sgd(patch, model_mod, train_mod):
     import optax
     from flax import nnx
 
-    def make(original, model, config):
-        tx = optax.chain(optax.sgd(config.lr, momentum=config.momentum or None),
-                         optax.add_decayed_weights(config.weight_decay))
+    def make(original, model, lrs, momentum, weight_decay):  # the matrix's constant-rate cases catch it
+        tx = optax.chain(optax.sgd(float(lrs[0]), momentum=momentum or None),
+                         optax.add_decayed_weights(weight_decay))
         return nnx.Optimizer(model, tx, wrt=nnx.Param)
     _optimizer(patch, train_mod, make)
 
@@ -712,6 +725,163 @@ def jax_loss_sum(patch, model_mod, train_mod):
     import optax
     patch.setattr(train_mod, "cross_entropy",
                   lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum())
+
+
+# --- the training path (the matrix's scheduled case: each backend's loop.py, as `nin train` runs it) --
+# Judged in fp64: the reduced case's scheduled run is chaotic in float32 (one of the error model's
+# perturbed copies flips a kink, so its fp32 bound is wide), while in fp64 its bound is ~1e-13.
+SCHEDULED = ("scheduled_trajectory", "scheduled_final_weights")
+STEPS_PER_EPOCH = -(-CASES.scheduled_images // CASES.scheduled_batch)
+
+
+def _table(patch, train_mod, change) -> None:
+    """make_optimizer reads change(lrs) instead of the driver's table."""
+    _optimizer(patch, train_mod, lambda make, model, lrs, m, wd: make(model, change(lrs), momentum=m, weight_decay=wd))
+
+
+def _loop(train_mod):
+    return siblings(train_mod)[2]
+
+
+@mutant("schedule-off-by-one", EVERY, TRAINING, "step t runs at step t + 1's rate (the schedule stepped before the step)",
+        caught_by=SCHEDULED, precision="fp64")
+def schedule_off_by_one(patch, model_mod, train_mod):
+    _table(patch, train_mod, lambda lrs: np.append(lrs[1:], lrs[-1:]))
+
+
+@mutant("warmup-per-epoch", EVERY, TRAINING, "the schedule indexed per epoch: every step of an epoch at its first step's rate",
+        caught_by=SCHEDULED, precision="fp64")
+def warmup_per_epoch(patch, model_mod, train_mod):
+    _table(patch, train_mod, lambda lrs: lrs[np.arange(len(lrs)) // STEPS_PER_EPOCH * STEPS_PER_EPOCH])
+
+
+@mutant("lr-x1.001", EVERY, TRAINING, "learning rate 0.1% too high in the loop's optimizer",
+        caught_by=("final_weights", *SCHEDULED), precision="fp64")
+def lr_one_permille_high(patch, model_mod, train_mod):
+    _table(patch, train_mod, lambda lrs: lrs * 1.001)
+
+
+@mutant("partial-batch-dropped", EVERY, TRAINING, "the epoch's last partial batch dropped (drop_last=True)",
+        caught_by=SCHEDULED)
+def partial_batch_dropped(patch, model_mod, train_mod):
+    def wrapper(original):
+        def train_epoch(trainer, images, labels, *, batch_size, dropout_seed, progress):
+            n = len(images) // batch_size * batch_size
+            return original(trainer, images[:n], labels[:n], batch_size=batch_size, dropout_seed=dropout_seed,
+                            progress=progress)
+        return train_epoch
+    _wrap(patch, _loop(train_mod), "train_epoch", wrapper)
+
+
+@mutant("resize-shifted", EVERY, TRAINING, "the resize reads the row one pixel up (an off-by-one in the interpolation)",
+        caught_by=SCHEDULED, precision="fp64")
+def resize_shifted(patch, model_mod, train_mod):
+    def wrapper(original):
+        def input_matrices(spec, *args, **kwargs):
+            rows, cols = original(spec, *args, **kwargs)
+            return np.roll(rows, 1, axis=1), cols
+        return input_matrices
+    _wrap(patch, _loop(train_mod), "input_matrices", wrapper)
+
+
+@mutant("momentum-not-restored", EVERY, TRAINING, "a resumed run starts with zero momentum buffers",
+        caught_by=SCHEDULED, precision="fp64")
+def momentum_not_restored(patch, model_mod, train_mod):
+    def wrapper(original):
+        def load_state(trainer, weights_, optimizer, step):
+            return original(trainer, weights_, {k: np.zeros_like(v) for k, v in optimizer.items()}, step)
+        return load_state
+    _wrap(patch, _loop(train_mod), "load_state", wrapper)
+
+
+@mutant("torch-decoupled-weight-decay", ("torch",), TRAINING,
+        "decoupled decay (w *= 1 - lr wd before the step, AdamW's form) instead of L2 in the gradient",
+        caught_by=("momentum_final_weights", "scheduled_final_weights"), precision="fp64")
+def torch_decoupled_weight_decay(patch, model_mod, train_mod):
+    import torch
+
+    def make(original, model, lrs, momentum, weight_decay):
+        optimizer = original(model, lrs, momentum=momentum, weight_decay=0.0)
+        step = optimizer.step
+
+        def decoupled(*args, **kwargs):
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1 - group["lr"] * weight_decay)
+            return step(*args, **kwargs)
+        optimizer.step = decoupled
+        return optimizer
+    _optimizer(patch, train_mod, make)
+
+
+@mutant("torch-weight-decay-on-bn-statistics", ("torch",), TRAINING,
+        "weight decay applied to batch norm's running statistics too (buffers treated as parameters)",
+        caught_by=("running_statistics", "scheduled_running_statistics"), precision="fp64")
+def torch_weight_decay_on_bn_statistics(patch, model_mod, train_mod):
+    import torch
+
+    def make(original, model, lrs, momentum, weight_decay):
+        optimizer = original(model, lrs, momentum=momentum, weight_decay=weight_decay)
+        step = optimizer.step
+
+        def decaying(*args, **kwargs):
+            out = step(*args, **kwargs)
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    if name.endswith(("running_mean", "running_var")):
+                        buffer.mul_(1 - optimizer.param_groups[0]["lr"] * max(weight_decay, 1e-3))
+            return out
+        optimizer.step = decaying
+        return optimizer
+    _optimizer(patch, train_mod, make)
+
+
+@mutant("torch-eval-in-training-mode", ("torch",), TRAINING,
+        "the loop's evaluation without model.eval(): batch statistics, and the running ones updated",
+        caught_by=("scheduled_evaluation",), precision="fp64")
+def torch_eval_in_training_mode(patch, model_mod, train_mod):
+    def wrapper(original):
+        def evaluate(trainer, images, labels, *, batch_size):
+            trainer.model.eval = trainer.model.train  # eval() leaves training mode on
+            try:
+                return original(trainer, images, labels, batch_size=batch_size)
+            finally:
+                del trainer.model.eval
+        return evaluate
+    _wrap(patch, _loop(train_mod), "evaluate", wrapper)
+
+
+@mutant("mxnet-decoupled-weight-decay", ("mxnet",), TRAINING,
+        "decoupled decay (w *= 1 - lr wd before trainer.step) instead of wd in the update",
+        caught_by=("momentum_final_weights", "scheduled_final_weights"), precision="fp64")
+def mxnet_decoupled_weight_decay(patch, model_mod, train_mod):
+    def make(original, model, lrs, momentum, weight_decay):
+        trainer = original(model, lrs, momentum=momentum, weight_decay=0.0)
+        step, done = trainer.step, [0]
+
+        def decoupled(batch_size, ignore_stale_grad=False):
+            rate = float(lrs[min(done[0], len(lrs) - 1)])
+            for p in model.collect_params().values():
+                if p.grad_req != "null":
+                    p.set_data(p.data() * (1 - rate * weight_decay))
+            done[0] += 1
+            return step(batch_size, ignore_stale_grad)
+        trainer.step = decoupled
+        return trainer
+    _optimizer(patch, train_mod, make)
+
+
+@mutant("mxnet-eval-in-training-mode", ("mxnet",), TRAINING,
+        "the loop's evaluation under autograd.train_mode(): batch norm uses batch statistics",
+        caught_by=("scheduled_evaluation",), precision="fp64")
+def mxnet_eval_in_training_mode(patch, model_mod, train_mod):
+    import types
+
+    from mxnet import autograd
+    patch.setattr(_loop(train_mod), "autograd", types.SimpleNamespace(**{
+        **{k: getattr(autograd, k) for k in dir(autograd) if not k.startswith("_")},
+        "predict_mode": autograd.train_mode}))
 
 
 # --- the report ----------------------------------------------------------------------------------

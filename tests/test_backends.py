@@ -17,6 +17,7 @@ from common.tolerances import CHECKS, bound, judge
 from common.weights import WeightsError
 from conformance.compare import as_updates, bounds_for, check_values, for_convention, reference_as_seen
 from conformance.record import compute_variant
+from harness import processes
 
 CASES = Cases()
 
@@ -30,11 +31,13 @@ def built(bk, spec, canonical_weights, device):
 
 
 @pytest.fixture(scope="module")
-def computed(bk, spec, device, data_dir):
+def computed(bk, backend, spec, device, data_dir):
     """What the backend computes for every case of the matrix, in fp32, eager: (tensors, info)."""
     model_mod, train_mod = bk
-    return compute_variant(model_mod, train_mod, spec, cases=CASES, batches=training_batches(spec, CASES, data_dir),
-                           device=device, precision="fp32", compile="eager")
+    loop_mod = processes.load(backend, "loop")
+    return compute_variant(model_mod, train_mod, loop_mod, spec, cases=CASES,
+                           data=training_batches(spec, CASES, data_dir), device=device, precision="fp32",
+                           compile="eager")
 
 
 @pytest.fixture(scope="module")

@@ -82,8 +82,8 @@ def test_tests_and_matrix_judge_alike(records, data_dir):
     model_mod, train_mod = processes.load(name, "model"), processes.load(name, "train")
     train_mod.configure("cpu", "fp32")
     spec, cases = read_record(records[name]).specs[VARIANT], Cases()
-    values, _ = compute_variant(model_mod, train_mod, spec, cases=cases,
-                                batches=training_batches(spec, cases, data_dir), device="cpu", precision="fp32",
+    values, _ = compute_variant(model_mod, train_mod, processes.load(name, "loop"), spec, cases=cases,
+                                data=training_batches(spec, cases, data_dir), device="cpu", precision="fp32",
                                 compile="eager")
     init = weights.init(spec, cases.init_seed)
     ref = as_updates(reference_results(spec, cases, data_dir), init)

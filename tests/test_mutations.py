@@ -19,13 +19,14 @@ from common import backends
 _controls: dict = {}
 
 
-def control(bk, backend, device, data_dir) -> dict:
-    """check -> ratio of the unmutated backend's failed checks on the reduced case (once per backend)."""
-    if (backend, device) not in _controls:
+def control(bk, backend, device, data_dir, precision: str = "fp32") -> dict:
+    """check -> ratio of the unmutated backend's failed checks on the reduced case (once per backend and precision)."""
+    if (backend, device, precision) not in _controls:
         model_mod, train_mod = bk
-        _controls[backend, device] = mutations.judge(model_mod, train_mod, device=device, data_dir=data_dir,
-                                                     label="control")
-    return mutations.failures(_controls[backend, device])
+        with mutations.configured(train_mod, precision, device):
+            _controls[backend, device, precision] = mutations.judge(model_mod, train_mod, precision=precision,
+                                                                    device=device, data_dir=data_dir, label="control")
+    return mutations.failures(_controls[backend, device, precision])
 
 
 def _shown(failed: dict) -> str:
@@ -39,11 +40,13 @@ def test_unmutated_backend_passes(bk, backend, device, data_dir):
 
 def test_mutant_is_caught(bk, backend, mutant, device, data_dir, monkeypatch):
     entry = CATALOGUE[mutant]
-    failed = control(bk, backend, device, data_dir)
+    failed = control(bk, backend, device, data_dir, entry.precision)
     assert not failed, f"the unmutated {backend} fails the reduced case ({_shown(failed)}): a mutant proves nothing"
     model_mod, train_mod = bk
     entry.apply(monkeypatch, model_mod, train_mod)
-    failed = mutations.failures(mutations.judge(model_mod, train_mod, device=device, data_dir=data_dir))
+    with mutations.configured(train_mod, entry.precision, device):
+        failed = mutations.failures(mutations.judge(model_mod, train_mod, precision=entry.precision, device=device,
+                                                    data_dir=data_dir))
     assert failed, f"{mutant} ({entry.what}) is not caught on {backend}: every check passes"
     missing = [c for c in entry.caught_by if c not in failed]
     assert not missing, f"{mutant} on {backend}: {missing} should catch it but pass; failed: {_shown(failed)}"

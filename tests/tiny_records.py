@@ -33,7 +33,9 @@ def metadata(spec: NetSpec, **changes) -> dict:
 
 
 def synthetic_tensors(spec: NetSpec, values: dict | None = None) -> dict:
-    """The tensors a record of `spec` holds: the reference's values, or random ones of the right shapes."""
+    """The tensors a record of `spec` holds: the reference's values (random for what it has none of: the
+    midpoint checkpoint), or random ones of the right shapes."""
     rng = np.random.default_rng(0)
-    return {f"{spec.name}/{k}": (values[k] if values is not None else rng.normal(size=shape)).astype(np.float32)
+    return {f"{spec.name}/{k}": np.asarray(values[k] if values is not None and k in values
+                                           else rng.normal(size=shape)).reshape(shape).astype(np.float32)
             for k, shape in records.expected_tensors(spec, CASES).items()}

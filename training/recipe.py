@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import backends, calc
+from common import backends, calc, schedule
 from common import spec as specs
 from common.data import CLASSES
 
 OPTIMIZERS = ("sgd", "momentum")  # plain SGD (the chapter) or heavy-ball momentum, coupled L2 in both
-SCHEDULES = ("constant", "cosine", "linear")  # after `warmup` epochs of linear warm-up from lr / warmup steps
+SCHEDULES = schedule.SCHEDULES  # after `warmup` epochs of linear warm-up from lr / warmup steps
 PRECISIONS = ("fp32", "fast")
 COMPILES = ("eager", "compiled")
 DEVICES = ("cpu", "gpu")
@@ -185,19 +185,9 @@ def steps_per_epoch(train_images: int, batch_size: int) -> int:
 
 
 def lr_table(s: Settings, steps: int) -> np.ndarray:
-    """The learning rate of every step (float64, epochs * steps entries): linear warm-up over
-    `warmup` epochs to `lr`, then constant, cosine to 0 or linear to 0 over the remaining steps."""
-    total = s.epochs * steps
-    warm = min(round(s.warmup * steps), total)
-    t = np.arange(total, dtype=np.float64)
-    out = np.full(total, float(s.lr))
-    if warm:
-        out[:warm] = s.lr * (t[:warm] + 1) / warm
-    rest = total - warm
-    if rest and s.schedule != "constant":
-        progress = (t[warm:] - warm) / rest
-        out[warm:] = s.lr * (0.5 * (1 + np.cos(np.pi * progress)) if s.schedule == "cosine" else 1 - progress)
-    return out
+    """The learning rate of every step (float64, epochs * steps entries): common.schedule's table,
+    with `warmup` epochs of linear warm-up."""
+    return schedule.lr_table(s.lr, total=s.epochs * steps, warmup=round(s.warmup * steps), schedule=s.schedule)
 
 
 def range_test_table(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
