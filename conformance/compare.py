@@ -187,7 +187,7 @@ class _References:
 def _resumed_rows(rec: Record, variant: str, label: str, *, refs: _References, values: dict,
                   bounds: dict) -> list[Check]:
     """A resume record against the reference's scheduled run after its midpoint. Its first half was
-    another backend's: where that backend's kernels see other hyperparameters (MXNet's float32 lr),
+    another backend's: where that backend's kernels see other hyperparameters (MXNet's float32 batch-norm momentum),
     the distance between the two references is added to the bound, as between two records."""
     source = rec.meta["resumed_from"]
     mine = resumed_view(refs.seen_by(rec), rec.cases)
@@ -348,7 +348,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                 keys = [k for k in vb if errormodel.kind_of(k) != "dropout" and k in bounds[held[a][0]]
                         and (same or not k.endswith(".running_var"))]  # other conventions: reference only
                 # each record within its bound of its own reference; the references differ where the
-                # kernels see other hyperparameters (MXNet's float32 lr): that difference is added
+                # kernels see other hyperparameters (MXNet's float32 batch-norm momentum): that difference is added
                 kinds = tuple(sorted((_kind(recs[a]), _kind(recs[b]))))
                 if kinds not in apart:
                     ra, rb = reference_for(recs[a]), reference_for(recs[b])

@@ -65,7 +65,7 @@ def verdict(result: Comparison) -> str:
     worst = {side: max((r.ratio for r in numeric if (r.against == "reference") == (side == "reference")),
                        default=None) for side in ("reference", "pairs")}
     # A pair's bound holds the distance of the two records' references where their kernels see other
-    # hyperparameters (MXNet's float32 learning rate): where that distance dominates (float64, the
+    # hyperparameters (MXNet's float32 batch-norm momentum): where that distance dominates (float64, the
     # chaotic d2l-bn) the pair's share nears 1 while each record is well inside its own bound.
     shares = [f"{worst['reference']:.2g} against the reference" if worst["reference"] is not None else "",
               f"{worst['pairs']:.2g} record against record" if worst["pairs"] is not None else ""]

@@ -36,6 +36,7 @@ from common.cases import (
     midpoint,
     scheduled_lrs,
     scheduled_order,
+    scheduled_steps,
     training_batches,
 )
 from common.data import DataError
@@ -67,6 +68,12 @@ def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: Tra
                                        batch_size=cases.scheduled_batch)["loss"])
         state = loop_mod.export_state(trainer)
         middle = state if epoch + 1 == midpoint(cases) else middle
+        if not all(np.all(np.isfinite(v)) for v in state[0].values()):  # diverged: no checkpoint to resume
+            break
+    done = cases.scheduled_epochs - first  # a run that stopped early records NaN for what it did not do
+    losses += [np.nan] * (done * scheduled_steps(cases) - len(losses))
+    evals += [np.nan] * (done - len(evals))
+    middle = middle or (state if first < midpoint(cases) else None)
     return losses, evals, state, middle
 
 

@@ -1,5 +1,7 @@
-"""Training NiN the Gluon way, as the chapter's train_ch6 does: autograd.record(), loss.backward(),
-trainer.step(batch_size), with the learning rate set by trainer.set_learning_rate before each step.
+"""Training NiN the Gluon way, as the chapter's train_ch6 does: a plain loop over the epoch's batches,
+each resized on the device, then train.train_step (autograd.record(), loss.backward(),
+trainer.step(batch_size)) with train.make_optimizer's gluon.Trainer, whose SuiteSGD reads the
+learning-rate table at its own num_update.
 
 The driver (training/worker.py) owns the data order, the learning-rate table, the seeds, the
 metrics and the checkpoints; this file owns what only MXNet knows. Images arrive as uint8
@@ -19,88 +21,82 @@ from mxnet.gluon import nn
 from common.data import input_matrices
 from common.spec import NetSpec
 
-from .model import build, canonical_tensors, device_of, export_weights, load_weights
-from .train import cross_entropy
-
-
-@mx.optimizer.register
-class ScheduledSGD(mx.optimizer.Optimizer):
-    """SGD in the suite's form, v = m * v + (g + wd * w); w -= lr * v (PyTorch's and optax's). Gluon's
-    own 'sgd', mom = m * mom - lr * (g + wd * w); w += mom, is the same only while the learning rate
-    stays constant: under a warm-up or a cosine schedule the two differ, so the runs use this one."""
-
-    def __init__(self, momentum: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.momentum = momentum
-
-    def create_state(self, index, weight):
-        return mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) if self.momentum else None
-
-    def update(self, index, weight, grad, state):
-        self._update_count(index)
-        lr, wd = self._get_lr(index), self._get_wd(index)
-        g = grad * self.rescale_grad + wd * weight
-        if state is not None:
-            state[:] = self.momentum * state + g
-            g = state
-        weight[:] = weight - lr * g
+from .model import build, canonical_tensors, device_of, export_weights, from_canonical, load_weights, to_canonical
+from .train import cross_entropy, make_optimizer, train_step
 
 
 @dataclass
 class Trainer:
     model: nn.Block
-    optimizer: gluon.Trainer
-    lrs: np.ndarray  # the learning rate of every step
-    rows: mx.nd.NDArray  # (H, 28) and (W, 28): the resize, on the device
+    optimizer: gluon.Trainer  # train.make_optimizer's: SuiteSGD, its TableSchedule read at num_update
+    rows: mx.nd.NDArray  # (H, 28) and (W, 28): the resize, on the device, in the model's dtype
     cols: mx.nd.NDArray
     channels: int
-    step: int = 0
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str) -> Trainer:
-    """The model (canonical weights are loaded by load_state; compiled: hybridize()) and a gluon.Trainer
-    with SGD in the suite's form (ScheduledSGD: momentum, coupled weight decay; the rate set per step)."""
-    model = build(spec, device=device, compiled=compile == "compiled")
-    trainer = gluon.Trainer(model.collect_params(), ScheduledSGD(learning_rate=float(lrs[0]), momentum=momentum,
-                                                                 wd=weight_decay))
+                 compile: str, dtype: str = "float32") -> Trainer:
+    """The model in `dtype` (canonical weights are loaded by load_state; compiled: hybridize()) and
+    train.make_optimizer's gluon.Trainer."""
+    model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     ctx = device_of(model)
-    rows, cols = (mx.nd.array(m, ctx=ctx) for m in input_matrices(spec))
-    return Trainer(model, trainer, lrs, rows, cols, spec.input_shape[0])
+    rows, cols = (mx.nd.array(m, ctx=ctx, dtype=dtype) for m in input_matrices(spec))
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
 
 
-def _momentum_states(trainer: Trainer) -> dict:
-    """Canonical name -> (updater, index): Gluon keeps each parameter's momentum in the Trainer's
-    updater, keyed by the parameter's index in the Trainer (trainer.save_states would pickle them)."""
+def _trainable(trainer: Trainer) -> dict:
+    """Canonical name -> (index, Parameter) of every trainable tensor: Gluon's Trainer keys each
+    parameter's momentum state (in its updater) and update count (in the optimizer) by the parameter's
+    index in the Trainer; the running statistics (grad_req 'null') have neither."""
     index = {id(p): i for i, p in enumerate(trainer.optimizer._params)}
-    updater = trainer.optimizer._updaters[0]
-    return {name: (updater, index[id(p)]) for name, p in canonical_tensors(trainer.model).items()}
+    return {name: (index[id(p)], p) for name, p in canonical_tensors(trainer.model).items() if p.grad_req != "null"}
 
 
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:
-    """Canonical weights, the momentum states by canonical name ("momentum/<name>"), the step."""
+    """Canonical weights, the momentum buffers by canonical name ("momentum/<name>", any backend's:
+    canonical layout, converted with from_canonical) into the Trainer's updater, and the step: every
+    parameter's update count and num_update set to `step`, so that the next step reads lrs[step]."""
     load_weights(trainer.model, weights, "checkpoint")
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"checkpoint: step {step} is negative")
+    sgd, updater = trainer.optimizer._optimizer, trainer.optimizer._updaters[0]
     ctx = device_of(trainer.model)
-    for name, (updater, i) in _momentum_states(trainer).items():
-        if f"momentum/{name}" in optimizer:
-            updater.states[i] = mx.nd.array(optimizer[f"momentum/{name}"], ctx=ctx)
-            updater.states_synced[i] = True
-    trainer.step = step
+    trainable = _trainable(trainer)
+    for name, (i, p) in trainable.items():
+        key = f"momentum/{name}"
+        updater.states.pop(i, None)  # a fresh zero buffer unless the checkpoint has one
+        updater.states_synced.pop(i, None)
+        if not sgd.momentum or (key not in optimizer and not step):
+            continue  # plain SGD keeps no buffer; a fresh optimizer (step 0) may come without them
+        if key not in optimizer:
+            raise ValueError(f"checkpoint: no {key} for a run with momentum {sgd.momentum:g} at step {step}")
+        buffer = np.asarray(from_canonical(name, optimizer[key]))
+        if buffer.shape != tuple(p.shape):
+            raise ValueError(f"checkpoint: {key} has shape {buffer.shape}, the model's {tuple(p.shape)}")
+        updater.states[i] = mx.nd.array(buffer, ctx=ctx, dtype=p.dtype)
+        updater.states_synced[i] = True
+    counts = {i: step for i, _ in trainable.values()}  # what Optimizer._update_count advances
+    sgd._all_index_update_counts = {ctx.device_id: counts}
+    sgd._index_update_count = counts
+    sgd.num_update = step
 
 
 def export_state(trainer: Trainer) -> tuple[dict, dict, int]:
-    """(canonical weights, optimizer state, steps done)."""
+    """(canonical weights, canonical momentum buffers ({} for plain SGD), steps done: num_update)."""
+    updater = trainer.optimizer._updaters[0]
     optimizer = {}
-    for name, (updater, i) in _momentum_states(trainer).items():
+    for name, (i, _) in _trainable(trainer).items():
         state = updater.states.get(i)
         if isinstance(state, mx.nd.NDArray):  # plain SGD keeps None
-            optimizer[f"momentum/{name}"] = state.asnumpy()
-    return export_weights(trainer.model), optimizer, trainer.step
+            optimizer[f"momentum/{name}"] = to_canonical(name, state)
+    return export_weights(trainer.model), optimizer, int(trainer.optimizer._optimizer.num_update)
 
 
 def _inputs(trainer: Trainer, images: mx.nd.NDArray) -> mx.nd.NDArray:
-    """uint8 (N, 28, 28) on the device -> float (N, C, H, W): rows @ X @ cols^T, the grey repeated."""
-    x = mx.nd.dot(images.astype("float32"), trainer.cols, transpose_b=True)  # (N, 28, W)
+    """uint8 (N, 28, 28) on the device -> (N, C, H, W) in the model's dtype: rows @ X @ cols^T, the grey repeated."""
+    x = mx.nd.dot(images.astype(trainer.rows.dtype), trainer.cols, transpose_b=True)  # (N, 28, W)
     x = mx.nd.dot(x.transpose((0, 2, 1)), trainer.rows, transpose_b=True).transpose((0, 2, 1))  # (N, H, W)
     x = x.expand_dims(1)
     return x.repeat(trainer.channels, axis=1) if trainer.channels > 1 else x
@@ -108,23 +104,17 @@ def _inputs(trainer: Trainer, images: mx.nd.NDArray) -> mx.nd.NDArray:
 
 def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int, dropout_seed: int,
                 progress: Callable[[int, float, int], None]) -> None:
-    """One pass over images (uint8, already in the epoch's order); progress(n, mean loss, correct)
-    after every batch. The dropout masks come from MXNet's generator restarted at dropout_seed."""
+    """One pass over images (uint8, already in the epoch's order; the last partial batch kept);
+    progress(n, mean loss, correct) after every batch. The dropout masks come from MXNet's generator
+    restarted at dropout_seed."""
     ctx = device_of(trainer.model)
     x_all = mx.nd.array(images, ctx=ctx, dtype="uint8")  # 784 bytes per image cross to the device
     y_all = mx.nd.array(labels, ctx=ctx, dtype="int32")
     mx.random.seed(dropout_seed, ctx=ctx)
     for start in range(0, len(images), batch_size):
         x, y = _inputs(trainer, x_all[start:start + batch_size]), y_all[start:start + batch_size]
-        trainer.optimizer.set_learning_rate(float(trainer.lrs[trainer.step]))
-        with autograd.record():
-            logits = trainer.model(x)
-            loss = cross_entropy(logits, y)  # per example; backward sums, step(n) divides by n
-        loss.backward()
-        trainer.optimizer.step(x.shape[0])
-        trainer.step += 1
-        correct = (logits.argmax(axis=1) == y.astype("float32")).sum()
-        progress(x.shape[0], loss.mean().asscalar().item(), int(correct.asscalar()))
+        loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
+        progress(x.shape[0], loss, correct)
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
@@ -138,7 +128,7 @@ def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_
             x, y = _inputs(trainer, x_all[start:start + batch_size]), y_all[start:start + batch_size]
             logits = trainer.model(x)
             loss += cross_entropy(logits, y).sum().asscalar().item()
-            correct += int((logits.argmax(axis=1) == y.astype("float32")).sum().asscalar())
+            correct += int((logits.argmax(axis=1) == y.astype(logits.dtype)).sum().asscalar())
             zero += int((logits <= 0).min(axis=1).sum().asscalar())
     n = len(images)
     return {"loss": loss / n, "accuracy": correct / n, "zero_logits": zero / n}

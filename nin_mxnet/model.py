@@ -12,7 +12,7 @@ from common.weights import check_shapes
 
 FRAMEWORK = "mxnet"
 RUNNING_VARIANCE = "biased"  # Gluon's BatchNorm keeps the biased batch variance
-HYPERPARAMETERS = "float32"  # its SGD and BatchNorm kernels take lr, momentum, wd, BN momentum as float32
+HYPERPARAMETERS = "float32"  # its BatchNorm kernel takes the running statistics' momentum as a float32
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,

@@ -114,7 +114,9 @@ def test_a_changed_body_makes_the_page_stale(tmp_path):
     root = _copy_tree(tmp_path)
     before = render.page(TOPICS, root=root)
     train = root / "nin_jax" / "train.py"
-    train.write_text(train.read_text().replace("optax.sgd(config.lr,", "optax.sgd(config.lr * 2,"))
+    text = train.read_text()
+    assert "optax.sgd(schedule," in text  # the line the page cuts, in the optimizer topic
+    train.write_text(text.replace("optax.sgd(schedule,", "optax.sgd(lambda count: 2 * schedule(count),"))
     after = render.page(TOPICS, root=root)
     assert after != before
     assert "line" in first_difference(before, after)
