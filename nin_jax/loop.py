@@ -1,15 +1,17 @@
-"""Training NiN the Flax NNX way: an optax SGD with the learning-rate table as its schedule, and one
-train step (resize, forward, nnx.value_and_grad, optimizer.update) under nnx.jit (jax.jit).
+"""Training NiN the Flax NNX way: a plain loop over the epoch's batches, each resized on the device
+(a jitted function) and passed to train.train_step (nnx.value_and_grad, optimizer.update, under
+nnx.jit when compiled) with train.make_optimizer's optax SGD, the learning-rate table its schedule.
 
 The driver (training/worker.py) owns the data order, the learning-rate table, the seeds, the
 metrics and the checkpoints; this file owns what only JAX and Flax know. Images arrive as uint8
-28x28 and are resized inside the jitted step with two matmuls (common.data.input_matrices).
+28x28 and are resized on the device with two matmuls (common.data.input_matrices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -20,32 +22,36 @@ from flax import nnx
 from common.data import input_matrices
 from common.spec import NetSpec
 
-from .model import build, default_device, export_weights, load_weights
-from .train import cross_entropy
+from .model import (
+    DTYPES,
+    build,
+    canonical_tensors,
+    default_device,
+    export_weights,
+    from_canonical,
+    load_weights,
+    to_canonical,
+)
+from .train import make_optimizer, train_step
 
 
 @dataclass
 class Trainer:
     model: nnx.Module
-    optimizer: nnx.Optimizer
-    rows: jax.Array  # (H, 28) and (W, 28): the resize, on the device
+    optimizer: nnx.Optimizer  # train.make_optimizer's: optax SGD, the table read at optax's count
+    rows: jax.Array  # (H, 28) and (W, 28): the resize, on the device, in the model's dtype
     cols: jax.Array
     channels: int
-    compiled: bool
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str) -> Trainer:
-    """The model (canonical weights are loaded by load_state) and optax SGD with the suite's convention
-    (g += wd * w; v = m * v + g; w -= lr * v), lr read from the table at the optimizer's step count."""
-    model = build(spec, device=device)
-    table = jax.device_put(jnp.asarray(lrs, dtype=jnp.float32), default_device(device))
-    last = len(lrs) - 1
-    schedule = lambda count: table[jnp.minimum(count, last)]
-    tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum or None))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    rows, cols = (jax.device_put(m, default_device(device)) for m in input_matrices(spec))
-    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], compile == "compiled")
+                 compile: str, dtype: str = "float32") -> Trainer:
+    """The model in `dtype` (canonical weights are loaded by load_state) and train.make_optimizer's SGD."""
+    model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
+    rows, cols = (jax.device_put(np.asarray(m).astype(DTYPES[dtype]), default_device(device))
+                  for m in input_matrices(spec))
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
 
 
 def _commit(trainer: Trainer) -> None:
@@ -56,35 +62,55 @@ def _commit(trainer: Trainer) -> None:
         nnx.update(node, jax.device_put(nnx.state(node), device))
 
 
-def _flat(state: nnx.State) -> dict[str, nnx.Variable]:
-    return {".".join(map(str, path)): leaf for path, leaf in nnx.to_flat_state(state)}
+def _param_paths(model: nnx.Module) -> dict[str, tuple]:
+    """Canonical name -> the path of each trainable tensor (nnx.Param) in the model's state, which
+    is also its path under the optax momentum trace."""
+    paths = {id(node): tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)}
+    return {name: paths[id(t)] for name, t in canonical_tensors(model).items() if isinstance(t, nnx.Param)}
+
+
+def _slots(trainer: Trainer) -> tuple[nnx.State, dict[str, nnx.Variable], list[nnx.Variable]]:
+    """The optimizer's state, its momentum trace by canonical name ({} without momentum) and optax's
+    step counts (scale_by_schedule's `count`), as Variables of that state."""
+    state = nnx.state(trainer.optimizer, nnx.OptState)
+    flat = {tuple(path): leaf for path, leaf in nnx.to_flat_state(state)}
+    traces = {path[path.index("trace") + 1:]: leaf for path, leaf in flat.items()
+              if path[0] == "opt_state" and "trace" in path}
+    counts = [leaf for path, leaf in flat.items() if path[0] == "opt_state" and path[-1] == "count"]
+    momentum = {name: traces[path] for name, path in _param_paths(trainer.model).items() if path in traces}
+    return state, momentum, counts
 
 
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:
-    """Canonical weights; the optimizer's whole state (momentum traces, step counts) by its pytree
-    path, when the checkpoint has it; a fresh optimizer has step 0."""
+    """Canonical weights, the momentum buffers by canonical name ("momentum/<name>", any backend's,
+    canonical layout) into optax's trace, and the step count into nnx.Optimizer.step and optax's
+    count (the table continues at lrs[step]). A fresh optimizer ({} at step 0) starts from zero."""
     load_weights(trainer.model, weights, "checkpoint")
-    if optimizer:
-        state = nnx.state(trainer.optimizer, nnx.OptState)
-        flat = _flat(state)
-        if sorted(flat) != sorted(optimizer):
-            missing = sorted(set(flat) - set(optimizer))[:3]
-            raise ValueError(f"checkpoint: the optimizer state lacks {missing} or has others; was it written "
-                             "with another --optimizer?")
-        for key, variable in flat.items():
-            variable.value = jnp.asarray(optimizer[key], dtype=variable.value.dtype)
-        nnx.update(trainer.optimizer, state)
+    state, momentum, counts = _slots(trainer)
+    for name, slot in momentum.items():
+        key = f"momentum/{name}"
+        if key not in optimizer:
+            if step:
+                raise ValueError(f"checkpoint: no {key} for a run with momentum at step {step}")
+            slot.set_value(jnp.zeros_like(slot.get_value()))
+            continue
+        buffer = np.asarray(from_canonical(name, optimizer[key]))
+        if buffer.shape != slot.get_value().shape:
+            raise ValueError(f"checkpoint: {key} has shape {buffer.shape}, the model's "
+                             f"{tuple(slot.get_value().shape)}")
+        slot.set_value(jnp.asarray(buffer, dtype=slot.get_value().dtype))
+    for count in counts:
+        count.set_value(jnp.asarray(step, dtype=count.get_value().dtype))
+    nnx.update(trainer.optimizer, state)
+    trainer.optimizer.step.set_value(jnp.asarray(step, dtype=trainer.optimizer.step.get_value().dtype))
     _commit(trainer)
-    if int(trainer.optimizer.step.value) != step:
-        raise ValueError(f"checkpoint: the optimizer's step count is {int(trainer.optimizer.step.value)}, "
-                         f"the run's position {step}")
 
 
 def export_state(trainer: Trainer) -> tuple[dict, dict, int]:
-    """(canonical weights, optimizer state by pytree path, steps done)."""
-    flat = _flat(nnx.state(trainer.optimizer, nnx.OptState))
-    optimizer = {k: np.array(v.value) for k, v in flat.items()}
-    return export_weights(trainer.model), optimizer, int(trainer.optimizer.step.value)
+    """(canonical weights, {"momentum/<name>": canonical trace} ({} for plain SGD), steps done)."""
+    _, momentum, _ = _slots(trainer)
+    optimizer = {f"momentum/{name}": to_canonical(name, slot.get_value()) for name, slot in momentum.items()}
+    return export_weights(trainer.model), optimizer, int(trainer.optimizer.step.get_value())
 
 
 def _inputs(rows: jax.Array, cols: jax.Array, images: jax.Array, channels: int) -> jax.Array:
@@ -93,15 +119,7 @@ def _inputs(rows: jax.Array, cols: jax.Array, images: jax.Array, channels: int) 
     return jnp.repeat(x[..., None], channels, axis=-1)
 
 
-def _train_step(model, optimizer, resize, batch, *, channels):
-    (rows, cols), (images, labels) = resize, batch
-    def loss_fn(model):
-        logits = model(_inputs(rows, cols, images, channels))
-        return cross_entropy(logits, labels), logits
-
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+_inputs_jit = jax.jit(_inputs, static_argnames="channels")
 
 
 def _eval_step(model, resize, batch, *, channels):
@@ -111,7 +129,6 @@ def _eval_step(model, resize, batch, *, channels):
     return loss, jnp.sum(jnp.argmax(logits, -1) == labels), jnp.sum(jnp.all(logits <= 0, axis=-1))
 
 
-_train_step_jit = nnx.jit(_train_step, static_argnames="channels")
 _eval_step_jit = nnx.jit(_eval_step, static_argnames="channels")
 
 
@@ -119,22 +136,20 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
                 progress: Callable[[int, float, int], None]) -> None:
     """One pass over images (uint8, already in the epoch's order); progress(n, mean loss, correct)
     after every batch. The dropout masks come from the model's nnx.Rngs restarted at dropout_seed."""
-    step = _train_step_jit if trainer.compiled else _train_step
     device = trainer.rows.devices().pop()
+    resize = partial(_inputs_jit, trainer.rows, trainer.cols, channels=trainer.channels)
     nnx.reseed(trainer.model, dropout=dropout_seed)
-    trainer.model.train()
     _commit(trainer)
     for start in range(0, len(images), batch_size):
-        x = jax.device_put(images[start:start + batch_size], device)  # 784 bytes per image
+        x = resize(jax.device_put(images[start:start + batch_size], device))  # 784 bytes per image
         y = jax.device_put(labels[start:start + batch_size].astype(np.int32), device)
-        loss, correct = step(trainer.model, trainer.optimizer, (trainer.rows, trainer.cols), (x, y),
-                             channels=trainer.channels)
-        progress(len(y), float(loss), int(correct))
+        loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
+        progress(len(y), loss, correct)
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off."""
-    step = _eval_step_jit if trainer.compiled else _eval_step
+    step = _eval_step_jit if trainer.model.jit else _eval_step
     device = trainer.rows.devices().pop()
     trainer.model.eval()
     loss, correct, zero = 0.0, 0, 0

@@ -1,16 +1,17 @@
-"""Training NiN the Flax way: optax cross-entropy and SGD, nnx.value_and_grad, nnx.Optimizer, nnx.jit."""
+"""Training NiN the Flax way: optax cross-entropy and SGD (its schedule the learning-rate table),
+nnx.value_and_grad, nnx.Optimizer, nnx.jit."""
 
 from __future__ import annotations
 
 import os
 import platform
+import weakref
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
-from common.spec import TrainConfig
 
 from .model import canonical_tensors, device_of, to_canonical, to_input
 
@@ -23,10 +24,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_optimizer(model: nnx.Module, config: TrainConfig) -> nnx.Optimizer:
-    # Decayed weights, then momentum SGD, is the suite's convention: g += wd * w; v = m * v + g; w -= lr * v.
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(config.lr, momentum=config.momentum or None))
+def make_optimizer(model: nnx.Module, lrs: np.ndarray, *, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> nnx.Optimizer:
+    """optax SGD in the suite's form: add_decayed_weights then sgd (g += wd * w; v = m * v + g;
+    w -= lr * v; momentum 0: no trace), every nnx.Param decayed (batch-norm statistics are not Params).
+    The rate of step t is lrs[t] (the last entry past the end), t being optax's own count, read from
+    the table kept on the model's device in its parameters' dtype (float64 in fp64 mode)."""
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    dtype = params[0].dtype if params else jnp.float32
+    table = jax.device_put(np.asarray(lrs, dtype=np.float64).astype(dtype), device_of(model))
+    last = len(table) - 1
+
+    def schedule(count):
+        return table[jnp.minimum(count, last)]
+
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum or None))
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -59,19 +71,45 @@ def loss_and_grads(model: nnx.Module, images: np.ndarray, labels: np.ndarray) ->
 
 
 def _update(model, optimizer, x, y):
-    """One SGD step: loss and gradients, then the optimizer's update of the model in place."""
-    loss, grads = nnx.value_and_grad(_loss)(model, x, y)
+    """One SGD step: loss, logits and gradients, then the optimizer's update of the model in place."""
+    def loss_fn(model):
+        logits = model(x).astype(x.dtype)  # logits in the input's dtype (bf16 compute is cast up)
+        return cross_entropy(logits, y), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    return loss
+    return loss, jnp.sum(jnp.argmax(logits, -1) == y)
 
 
 _update_jit = nnx.jit(_update)
 
 
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: np.ndarray, labels: np.ndarray) -> float:
-    x, y = _batch(model, images, labels)
-    model.train()
-    return float((_update_jit if model.jit else _update)(model, optimizer, x, y))
+def _labels(x: jax.Array, y) -> jax.Array:
+    """Integer labels as int32 on the input's device (a device array is used as it is)."""
+    if isinstance(y, jax.Array):
+        return y if y.dtype == jnp.int32 else y.astype(jnp.int32)
+    return jax.device_put(np.asarray(y, dtype=np.int32), next(iter(x.devices())))
+
+
+_MODAL = weakref.WeakKeyDictionary()  # model -> its layers with a training mode (dropout, batch norm)
+
+
+def _train_mode(model: nnx.Module) -> None:
+    """model.train(), which walks the whole graph (milliseconds a step), only when a layer is in eval mode."""
+    if model not in _MODAL:
+        _MODAL[model] = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)
+                         and (hasattr(m, "deterministic") or hasattr(m, "use_running_average"))]
+    if any(getattr(m, "deterministic", False) or getattr(m, "use_running_average", False) for m in _MODAL[model]):
+        model.train()
+
+
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y) -> tuple[float, int]:
+    """Forward in training mode, nnx.value_and_grad, optimizer.update (which advances optax's count
+    and the optimizer's step), under nnx.jit when the model is compiled. x: the model's input (NHWC,
+    its dtype, on its device); y: integer labels. (mean loss, correct predictions)."""
+    _train_mode(model)
+    loss, correct = (_update_jit if model.jit else _update)(model, optimizer, x, _labels(x, y))
+    return float(loss), int(correct)
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:
