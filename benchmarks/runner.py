@@ -41,6 +41,7 @@ ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABL
 
 
 COMPILE_MODES = ("eager", "graph", "compiled", "plain")
+MOMENTUM = False  # every bench.make_step times plain SGD: no momentum buffer in memory or traffic
 MAX_BATCH = 1_000_000  # images per step: past this a batch's index overflows some frameworks' 32-bit sizes
 
 
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--compile", nargs="+", action=flags.Distinct, dest="compiles", metavar="MODE", default=["all"],
                         help="eager, compiled (torch.compile, XLA, jax.jit, hybridize), graph (Keras: tf.function "
                              "without XLA), all: every mode each backend offers (default), plain: the chapter's "
-                             "d2l code in the backend's framework, the yardstick (benchmarks/plain.py)")
+                             "d2l code in the backend's framework, the yardstick (its bench.plain_step)")
     parser.add_argument("--device", choices=("auto",) + worker.DEVICES, default="auto",
                         help="auto: gpu when nvidia-smi lists one, else cpu")
     parser.add_argument("--warmup", type=flags.count(0, 100_000), default=5,
@@ -82,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="steps per timed window (default: 10)")
     parser.add_argument("--timeout", type=flags.seconds, default=1800, help="seconds allowed per configuration")
     parser.add_argument("--verify", action="store_true",
-                        help="time each configuration again with an independent plain loop (torch, jax)")
+                        help="time each configuration again in one plain loop, synchronised at its ends only "
+                             "(benchmarks.verify_timing)")
     parser.add_argument("--out", type=flags.path, help="result file (default: benchmarks/results/<device>-<date>.json)")
     parser.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
     return parser
@@ -128,13 +130,12 @@ def annotate(result: dict, spec: specs.NetSpec, peak: utilization.DevicePeak | N
     """Add the spread over windows, calc's memory prediction and the utilisation to a worker result."""
     train = result["mode"] == "train"
     dtype = "bfloat16" if result["precision"] == "bf16" else "float32"
-    s = calc.summary(spec, result["batch_size"], dtype, momentum=specs.recipe(spec.name).momentum > 0)
+    s = calc.summary(spec, result["batch_size"], dtype, momentum=MOMENTUM)
     result["predicted_memory_bytes"] = s.train_memory_bytes if train else s.inference_memory_bytes
     if result["status"] != "ok":
         return result
     flops = s.train_flops if train else s.forward_flops
-    moved = calc.traffic_bytes_per_image(spec, result["batch_size"], dtype, train=train,
-                                         momentum=specs.recipe(spec.name).momentum > 0)
+    moved = calc.traffic_bytes_per_image(spec, result["batch_size"], dtype, train=train, momentum=MOMENTUM)
     result["utilization"] = utilization.utilization(
         result["images_per_second"], flops, moved,
         peak=utilization.peak_for(result.get("device_name")) or peak, precision=result["precision"])
@@ -190,7 +191,7 @@ def _check_memory(configs: list[dict], spec: specs.NetSpec, *, variant: str, dev
     has (calc.summary's estimate, a lower bound), before any worker starts."""
     def need(c: dict) -> int:
         s = calc.summary(spec, c["batch_size"], "bfloat16" if c["precision"] == "bf16" else "float32",
-                         momentum=specs.recipe(spec.name).momentum > 0)
+                         momentum=MOMENTUM)
         return s.train_memory_bytes if c["mode"] == "train" else s.inference_memory_bytes
 
     if configs:

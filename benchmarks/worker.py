@@ -22,7 +22,6 @@ from common import backends
 from common import spec as specs
 from harness import processes
 
-from . import plain
 from .timing import measure
 
 MODES = ("train", "infer")
@@ -53,15 +52,8 @@ def run(config: dict) -> dict:
         out["numerics"] = train.configure(config["device"], "fast")
         out["device_name"] = train.device_name(config["device"])
         bench.reset_peak_memory(config["device"])
-        if config["compile"] == "plain":  # the chapter's code, as its readers write it: the yardstick
-            step, synchronize, settings = plain.STEPS[config["backend"]](
-                mode=config["mode"], batch_size=config["batch_size"], device=config["device"])
-        else:
-            step, settings = bench.make_step(specs.get(config["variant"]), mode=config["mode"],
-                                             batch_size=config["batch_size"], precision=config["precision"],
-                                             compile=config["compile"], device=config["device"])
-            synchronize = lambda result: bench.synchronize(config["device"], result)  # noqa: E731
-        timing = measure(step, synchronize,
+        step, settings = make(bench, config, runs=1 + config["warmup"] + config["windows"] * config["steps"])
+        timing = measure(step, lambda result: bench.synchronize(config["device"], result),
                          batch_size=config["batch_size"], warmup=config["warmup"], windows=config["windows"],
                          steps=config["steps"])
         return {**out, "status": "ok", **timing, "peak_memory_bytes": bench.peak_memory_bytes(config["device"]),
@@ -71,6 +63,17 @@ def run(config: dict) -> dict:
             return {**out, "status": "oom", "reason": f"{type(e).__name__}: {e}"[:2000]}
         return {**out, "status": "error", "reason": f"{type(e).__name__}: {e}"[:2000],
                 "traceback": traceback.format_exc()[-4000:]}
+
+
+def make(bench, config: dict, *, runs: int):
+    """(step, settings) of a configuration from the backend's bench module: the suite's network
+    (make_step), or with compile "plain" the chapter's own code in the framework (plain_step), the
+    yardstick; `runs`: how many times the step will run."""
+    if config["compile"] == "plain":
+        return bench.plain_step(mode=config["mode"], batch_size=config["batch_size"], device=config["device"])
+    return bench.make_step(specs.get(config["variant"]), mode=config["mode"], batch_size=config["batch_size"],
+                           precision=config["precision"], compile=config["compile"], device=config["device"],
+                           steps=runs)
 
 
 # How the host's allocators say it, whatever the framework: PyTorch's DefaultCPUAllocator ("can't

@@ -13,6 +13,9 @@ order, parameters), and harness.processes.load refuses a module that lacks a nam
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,23 +35,59 @@ class Backend:
     env: tuple[tuple[str, str], ...] = ()  # environment variables its process needs (Keras's backend)
 
 
-BACKENDS = {
-    b.name: b for b in (
-        Backend("mxnet", "nin_mxnet", ("mxnet",), ".venv-mxnet", "MXNet Gluon", ("eager", "compiled")),
-        Backend("torch", "nin_torch", ("torch",), ".venv", "PyTorch", ("eager", "compiled")),
-        Backend("keras-tf", "nin_tf", ("keras", "tensorflow"), ".venv", "Keras on TensorFlow",
-                ("eager", "graph", "compiled"), (("KERAS_BACKEND", "tensorflow"),)),
-        Backend("jax", "nin_jax", ("jax", "flax", "optax"), ".venv", "Flax NNX on JAX", ("eager", "compiled")),
-        Backend("keras-jax", "nin_tf", ("keras", "jax"), ".venv", "Keras on JAX", ("eager", "compiled"),
-                (("KERAS_BACKEND", "jax"),)),
-        Backend("keras-torch", "nin_tf", ("keras", "torch"), ".venv", "Keras on PyTorch", ("eager", "compiled"),
-                (("KERAS_BACKEND", "torch"),)),
-    )
-}
+REGISTERED = (
+    Backend("mxnet", "nin_mxnet", ("mxnet",), ".venv-mxnet", "MXNet Gluon", ("eager", "compiled")),
+    Backend("torch", "nin_torch", ("torch",), ".venv", "PyTorch", ("eager", "compiled")),
+    Backend("keras-tf", "nin_tf", ("keras", "tensorflow"), ".venv", "Keras on TensorFlow",
+            ("eager", "graph", "compiled"), (("KERAS_BACKEND", "tensorflow"),)),
+    Backend("jax", "nin_jax", ("jax", "flax", "optax"), ".venv", "Flax NNX on JAX", ("eager", "compiled")),
+    Backend("keras-jax", "nin_tf", ("keras", "jax"), ".venv", "Keras on JAX", ("eager", "compiled"),
+            (("KERAS_BACKEND", "jax"),)),
+    Backend("keras-torch", "nin_tf", ("keras", "torch"), ".venv", "Keras on PyTorch", ("eager", "compiled"),
+            (("KERAS_BACKEND", "torch"),)),
+)
+EXTRA = "NIN_EXTRA_BACKENDS"  # backends added without editing this file (extra_backends)
 
 
 class BackendError(ValueError):
-    """An unknown backend name; the message lists the known ones."""
+    """An unknown backend name, or a bad $NIN_EXTRA_BACKENDS; the message lists the known ones or the problem."""
+
+
+def extra_backends(text: str) -> tuple[Backend, ...]:
+    """The backends of $NIN_EXTRA_BACKENDS: a JSON list of objects with Backend's fields ("env": an object,
+    optional), e.g. [{"name": "torch2", "package": "nin_torch2", "requires": ["torch"], "venv": ".venv",
+    "title": "PyTorch, a copy", "compile_modes": ["eager", "compiled"]}]. Every process a driver starts
+    inherits the variable, so each worker knows the backend as its driver does; the package must be
+    importable there (PYTHONPATH reaches the workers too). tests/test_add_backend.py registers one so."""
+    if not text.strip():
+        return ()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BackendError(f"${EXTRA}: not JSON ({e})") from None
+    fields = [f.name for f in dataclasses.fields(Backend)]
+    out = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(entry, dict) or not set(fields[:-1]) <= set(entry) <= set(fields):
+            raise BackendError(f"${EXTRA}: each backend is an object with the fields {fields} (env optional), "
+                               f"got {entry!r}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+        values["env"] = tuple(dict(entry.get("env") or {}).items())
+        out.append(Backend(**values))
+    return tuple(out)
+
+
+def _registry(extra: tuple[Backend, ...]) -> dict[str, Backend]:
+    out: dict[str, Backend] = {}
+    for b in REGISTERED + extra:
+        if b.name in out:
+            raise BackendError(f"${EXTRA}: backend {b.name!r} is registered already")
+        out[b.name] = b
+    return out
+
+
+# name -> Backend: the registered ones, in the chapter's order of frameworks, then $NIN_EXTRA_BACKENDS's
+BACKENDS = _registry(extra_backends(os.environ.get(EXTRA, "")))
 
 
 def get(name: str) -> Backend:
@@ -158,10 +197,14 @@ class LoopModule(Protocol):
 
 
 class BenchModule(Protocol):
-    """bench.py: what only the framework knows about timing it."""
+    """bench.py: what only the framework knows about timing it (benchmarks/ owns the loop and the results)."""
 
-    def make_step(self, spec: Any, *, mode: str, batch_size: int, precision: str, compile: str, device: str) -> Any:
-        """(step, settings): step() runs one training or inference step on a fixed batch."""
+    def make_step(self, spec: Any, *, mode: str, batch_size: int, precision: str, compile: str, device: str,
+                  steps: int) -> Any:
+        """(step, settings): step() runs one training or inference step on a fixed batch, at most `steps` times."""
+
+    def plain_step(self, *, mode: str, batch_size: int, device: str) -> Any:
+        """(step, settings): the chapter's d2l network and step as its readers write them, the yardstick."""
 
     def synchronize(self, device: str, result: Any = None) -> None:
         """Wait until the device has finished every step queued so far."""
@@ -174,6 +217,16 @@ class BenchModule(Protocol):
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         """Whether an exception means the device ran out of memory."""
+
+    def timing_loop(self, spec: Any, *, mode: str, batch_size: int, precision: str, compile: str, device: str,
+                    warmup: int, steps: int) -> float | None:
+        """Seconds of `steps` steps after `warmup`, one plain loop synced at its ends only; None: no such loop."""
+
+    def api_checks(self, device: str) -> tuple:
+        """(checks, problems): each framework API the package relies on, found or not; a sentence per missing one."""
+
+    def matmul_peak(self, device: str) -> dict | None:
+        """The device's matmul TFLOP/s per precision as the framework reaches them, or None where not measured."""
 
 
 CONTRACT: dict[str, type] = {"model": ModelModule, "train": TrainModule, "loop": LoopModule, "bench": BenchModule}
@@ -195,3 +248,17 @@ def contract_names(module: str) -> list[str]:
 def missing_names(module: str, loaded: Any) -> list[str]:
     """The contract's names that a loaded backend module lacks."""
     return [n for n in contract_names(module) if not hasattr(loaded, n)]
+
+
+def package_titles() -> dict[str, str]:
+    """Each package's framework, for people, in the registry's order: its backend's title, or for a package
+    that backends share, their common first words, then each one's own (Keras on TensorFlow, JAX, PyTorch)."""
+    out = {}
+    for package in packages():
+        titles = [b.title.split() for b in BACKENDS.values() if b.package == package]
+        common = 0
+        while all(len(t) > common + 1 and t[common] == titles[0][common] for t in titles):
+            common += 1
+        rests = ", ".join(" ".join(t[common:]) for t in titles)
+        out[package] = " ".join([*titles[0][:common], rests]) if len(titles) > 1 else " ".join(titles[0])
+    return out

@@ -561,31 +561,3 @@ def get(name: str) -> NetSpec:
     if name not in VARIANTS:
         raise SpecError(f"unknown variant {name!r}; expected one of {sorted(VARIANTS)} or a .json spec file")
     return VARIANTS[name]()
-
-
-# --- training recipes --------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainConfig:
-    """The optimizer every backend builds: SGD with momentum and coupled weight decay."""
-    lr: float = 0.05  # the book's current value: 0.1 often kills the final ReLU (docs/numerics.md)
-    momentum: float = 0.0  # the chapter uses plain SGD
-    weight_decay: float = 0.0  # coupled L2, as PyTorch/Gluon/optax add_decayed_weights apply it
-
-    def __post_init__(self) -> None:
-        for name, low, high in (("lr", 0.0, 100.0), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
-            v = getattr(self, name)
-            ok = finite(v)
-            ok = ok and (low < v <= high if name == "lr" else low <= v < high)
-            if not ok:
-                raise SpecError(f"train config: {name} must be a number in "
-                                f"{'(' if name == 'lr' else '['}{low:g}, {high:g}{']' if name == 'lr' else ')'}, "
-                                f"got {v!r}")
-
-
-RECIPES = {
-    "paper": TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-4),  # the authors' CIFAR solver
-}
-
-
-def recipe(variant: str) -> TrainConfig:
-    return RECIPES.get(variant, TrainConfig())

@@ -31,23 +31,32 @@ from common import spec as specs
 from common.fsio import atomic_write_text, check_writable
 from common.records import read_record
 
-# name -> (environment, the backends whose kernels it can change); every oneDNN spelling is set (MXNet 1.9
-# reads MKLDNN_, newer builds DNNL_ / ONEDNN_). "reference": the float64 NumPy reference is recomputed.
-ALL = ("mxnet", "torch", "keras-tf", "jax", "keras-jax", "keras-torch")
+# name -> (environment, the modules whose kernels it can change: a backend is recorded on the path when it
+# requires one of them; "*" every backend), every oneDNN spelling set (MXNet 1.9 reads MKLDNN_, newer builds
+# DNNL_ / ONEDNN_). "reference": the float64 NumPy reference is recomputed.
 ONEDNN = ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")
-PATHS = {
-    "baseline": ({}, ALL),
+SWITCHES = {
+    "baseline": ({}, ("*",)),
     "1-thread": ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                  "TF_NUM_INTRAOP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, ALL),
-    "ATen-default": ({"ATEN_CPU_CAPABILITY": "default"}, ("torch", "keras-torch")),
-    "oneDNN-SSE4.1": ({k: "SSE41" for k in ONEDNN}, ("mxnet", "torch", "keras-tf", "keras-torch")),
-    "oneDNN-AVX": ({k: "AVX" for k in ONEDNN}, ("mxnet", "torch", "keras-tf", "keras-torch")),
-    "TF-no-oneDNN": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, ("keras-tf",)),
+                  "TF_NUM_INTRAOP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, ("*",)),
+    "ATen-default": ({"ATEN_CPU_CAPABILITY": "default"}, ("torch",)),
+    "oneDNN-SSE4.1": ({k: "SSE41" for k in ONEDNN}, ("mxnet", "torch", "tensorflow")),
+    "oneDNN-AVX": ({k: "AVX" for k in ONEDNN}, ("mxnet", "torch", "tensorflow")),
+    "TF-no-oneDNN": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, ("tensorflow",)),
     "MXNet-no-oneDNN": ({"MXNET_MKLDNN_ENABLED": "0"}, ("mxnet",)),
-    "XLA-SSE4.2": ({"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}, ("jax", "keras-jax")),
+    "XLA-SSE4.2": ({"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}, ("jax",)),
     "OpenBLAS-Prescott": ({"OPENBLAS_CORETYPE": "Prescott"}, ("torch", "reference")),
 }
 
+
+def affected(modules: tuple[str, ...]) -> tuple[str, ...]:
+    """The registered backends a switch of these modules' kernels reaches, in the registry's order (and
+    "reference" when the switch reaches NumPy's BLAS)."""
+    names = tuple(n for n, b in backends.BACKENDS.items() if "*" in modules or set(b.requires) & set(modules))
+    return names + (("reference",) if "reference" in modules else ())
+
+
+PATHS = {name: (environment, affected(modules)) for name, (environment, modules) in SWITCHES.items()}
 
 def cpu() -> dict:
     """The CPU's name, family / model and the vector extensions that choose kernels."""
@@ -67,13 +76,13 @@ def cpu() -> dict:
 
 
 def run_path(name: str, *, variants: list[str], out_dir: Path, precisions: list[str], timeout: float) -> dict:
-    environment, affected = PATHS[name]
+    environment, recorded = PATHS[name]
     env = {**os.environ, **environment}
-    if "reference" in affected:  # the reference computed afresh under this BLAS, in a cache of its own
+    if "reference" in recorded:  # the reference computed afresh under this BLAS, in a cache of its own
         env["NIN_CACHE_DIR"] = str((out_dir / name / "cache").resolve())
     records_dir = out_dir / name
     json_out = out_dir / f"{name}.json"
-    names = [b for b in affected if b in backends.BACKENDS]
+    names = [b for b in recorded if b in backends.BACKENDS]
     cmd = [sys.executable, "-m", "nin", "conformance", "--backend", *names, "--variant", *variants,
            "--precision", *precisions, "--compile", "eager", "--out-dir", str(records_dir), "--json-out", str(json_out)]
     proc = subprocess.run(cmd, env=env, cwd=backends.ROOT, capture_output=True, text=True, timeout=timeout)
@@ -141,7 +150,7 @@ def report(runs: list[dict], machine: dict, out_dir: Path) -> tuple[str, dict]:
         "|---|---|---|---|",
     ]
     for r in runs:
-        environment, affected = PATHS[r["path"]]
+        environment, recorded = PATHS[r["path"]]
         env = " ".join(f"{k}={v}" for k, v in environment.items()) or "–"
         if "error" in r:
             effect = f"failed: {r['error'][:200]}"
@@ -150,9 +159,9 @@ def report(runs: list[dict], machine: dict, out_dir: Path) -> tuple[str, dict]:
         else:
             names = [n.replace(".safetensors", "") for n, c in effects.get(r["path"], {}).items() if c]
             effect = ", ".join(names) or "none: this switch changes no result here"
-            if "reference" in affected:
+            if "reference" in recorded:
                 effect += "; " + reference_change(out_dir, r["path"])
-        lines.append(f"| {r['path']} | `{env}` | {', '.join(affected)} | {effect} |")
+        lines.append(f"| {r['path']} | `{env}` | {', '.join(recorded)} | {effect} |")
     lines += ["", f"**Worst share of its bound over all paths: {max((v[0] for v in worst.values()), default=0):.2f}**"
               f"; checks above 0.5: {len(over)}", "",
               "| variant | check | record | worst ratio | on path |", "|---|---|---|---|---|"]

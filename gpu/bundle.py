@@ -144,7 +144,7 @@ def add_runs(dest: Path, runs_root: Path = RUNS, *, checkout: int = 0, log=print
     limits; those left out are named. Returns the backends added."""
     shutil.rmtree(Path(dest) / TRAIN_DIR, ignore_errors=True)
     added = []
-    for backend in plan.TRAIN_BACKENDS:
+    for backend in plan.OWN:
         run = Path(runs_root) / backend / "seed0"
         if not unfinished(run):
             continue

@@ -44,7 +44,7 @@ def _run_options(q) -> None:
     q.add_argument("--backends", nargs="+", choices=sorted(backends.BACKENDS), metavar="NAME",
                    help=f"headline, records and grid (default: {' '.join(plan.BACKENDS)})")
     q.add_argument("--train-backends", nargs="+", choices=sorted(backends.BACKENDS), metavar="NAME",
-                   help=f"trained toward 90 %% (default: {' '.join(plan.TRAIN_BACKENDS)})")
+                   help=f"trained toward 90 %% (default: {' '.join(plan.OWN)})")
     q.add_argument("--variants", nargs="+", metavar="VARIANT",
                    help=f"conformance variants (default: {' '.join(plan.VARIANTS)})")
     q.add_argument("--train-seconds", type=float,

@@ -1,13 +1,13 @@
 """The session in the order of value, each phase under the one deadline (docs/gpu.md, section 4).
 
     setup      the bundle's wheels installed where missing; NIN_DATA_DIR and NIN_CACHE_DIR set
-    headline   the device's measured matmul peak (the torch probe), then training, bf16, compiled,
-               batch 256 for each backend: one number each, and its share of that peak
+    headline   the device's measured matmul peak (the first backend's probe), then training, bf16,
+               compiled, batch 256 for each backend: one number each, and its share of that peak
     records    fp32 then fast records, one lane per backend, at once; beside them the float64 reference
                of each variant and the other probes (CPU); then `nin compare` in the background
     grid       the rest of the benchmark grid, group by group, until the training's share begins
-    train      `nin train` toward 90 % for torch and jax at once, a checkpoint every epoch; a run carried
-               in the bundle is resumed
+    train      `nin train` toward 90 % for the frameworks' own backends (plan.OWN) at once, a checkpoint
+               every epoch; a run carried in the bundle is resumed
 A step that will not fit in the time left is skipped and says so; OUT is rewritten after every step.
 """
 
@@ -70,7 +70,7 @@ def headline(s: Session) -> list[str]:
     cfg = s.cfg
     peak = s.run_step(plan.peak_step(cfg))
     probe = s.last_json(peak) or {"status": "error", "reason": peak.reason or s.tail(peak, 3)}
-    keep_probe(s, "torch", probe)
+    keep_probe(s, plan.peak_backend(cfg), probe)
     s.facts["peak_tflops"] = (probe.get("measured") or {}).get("bf16_matmul_tflops")
     runnable = []
     for step in s.add(plan.headline_steps(cfg)):
@@ -102,7 +102,7 @@ def records(s: Session, names: list[str]) -> Future | None:
     background (it runs on the CPU beside the grid and the training). Returns the compare's future."""
     cfg = s.cfg
     lanes = plan.record_lanes(cfg, names)
-    probes = plan.probe_steps(cfg, [b for b in names if b != "torch"])
+    probes = plan.probe_steps(cfg, [b for b in names if b != plan.peak_backend(cfg)])
     s.add([st for lane in lanes.values() for st in lane] + probes)
     references = [s.submit(lambda st=st: s.run_step(st)) for st in s.add(plan.reference_steps(cfg))]
 
@@ -142,7 +142,7 @@ def grid(s: Session, names: list[str]) -> None:
 
 
 def train(s: Session) -> None:
-    """torch and jax at once, for the time left; a run carried in the bundle is resumed."""
+    """The frameworks' own backends (plan.OWN) at once, for the time left; a run carried in the bundle is resumed."""
     cfg = s.cfg
     seconds = max(s.remaining() - cfg.reserve - 30, 1.0)  # the step's own limit adds 30 s: `nin train` stops first
     carrying = (Path(cfg.wheelhouse) / "train").is_dir()  # the bundle holds runs: only those go on

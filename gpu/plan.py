@@ -3,8 +3,9 @@
 The order (docs/gpu.md, section 4): the headline (training, bf16, compiled, batch 256: one number per
 backend, beside the device's measured matmul peak); the conformance records, fp32 and fast, of every
 backend, compared there against the float64 reference; the rest of the benchmark grid; training
-toward 90 % for torch and jax, resumable. Every step is a `nin` command (or a module of this
-repository) in a process of its own; nothing here runs anything.
+toward 90 % for the frameworks' own backends (OWN), resumable. Every step is a `nin` command (or a
+module of this repository) in a process of its own; nothing here runs anything. The backends are the
+registry's (common/backends.py), chosen by the modules they require.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from pathlib import Path
 from common import backends
 
 ROOT = backends.ROOT
-BACKENDS = ("torch", "jax", "keras-jax", "keras-torch")  # what a CUDA machine with PyTorch and JAX runs
+# A CUDA machine of the session has PyTorch, JAX, Flax and optax (CUDA builds), and the bundle brings Keras
+# (requirements/offline-gpu.txt): a registered backend runs there when it requires nothing else.
+MACHINE = ("torch", "jax", "flax", "optax")
+BUNDLED = ("keras",)
+BACKENDS = tuple(n for n, b in backends.BACKENDS.items() if set(b.requires) <= {*MACHINE, *BUNDLED})
+# Those that are their framework's own package, with no Keras between: trained toward 90 % at the end, and
+# the headline group timed again in one plain loop (benchmarks.verify_timing)
+OWN = tuple(n for n in BACKENDS if set(backends.get(n).requires) <= set(MACHINE))
 VARIANTS = ("d2l", "paper", "d2l-bn")  # the conformance variants: their `fast` spreads travel in the store
 PRECISIONS = ("fp32", "fast")
-TRAIN_BACKENDS = ("torch", "jax")  # the frameworks the machine has a CUDA build of
 PHASES = ("headline", "records", "grid", "train")
 HEADLINE = ("train", "bf16", "compiled", 256)  # mode, precision, compile, batch: the issue's roof
-VERIFY_BACKENDS = ("torch", "jax")  # benchmarks.verify_timing has an independent loop for these
 # The rest of the grid, most wanted first: (mode, precision, compile, batch sizes, verify). The first
 # group times the headline again beside an independent plain loop (the harness's clock checked).
 GRID = (
@@ -51,12 +57,12 @@ BENCH_ESTIMATE = {("torch", "eager"): 15, ("torch", "compiled"): 60, ("jax", "ea
                   ("keras-jax", "eager"): 30, ("keras-jax", "compiled"): 25, ("keras-torch", "eager"): 25,
                   ("keras-torch", "compiled"): 80}
 HEADLINE_LIMIT = 180  # seconds for one backend's headline: a compiler that takes longer must not starve the rest
-PEAK_ESTIMATE = 30  # the torch probe: import, API checks, three 8192^3 matmul rates
+PEAK_ESTIMATE = 30  # the first probe: import, API checks, three 8192^3 matmul rates (PyTorch's)
 RECORD_ESTIMATE = 45  # one record of the three variants on the GPU (process start included)
 TRAIN_MINIMUM = 60  # training starts only with at least this much time: one epoch and its start-up
-# Training: the tuned recipe (training/recipe.py), each framework on its fast path for a short run:
-# PyTorch eager (no compilation to wait for), Flax under jax.jit (op by op it crawls).
-TRAIN_COMPILE = {"torch": "eager", "jax": "compiled"}
+# Training: the tuned recipe (training/recipe.py), each framework on its fast path for a short run, by the
+# module it requires: PyTorch eager (no compilation to wait for); the others compiled (Flax op by op crawls).
+TRAIN_EAGER = ("torch",)
 TINY_SPEC = {  # the dry run's network: both block kinds, pooling, dropout; a reference in a second
     "name": "tiny", "input_shape": [1, 12, 12], "num_classes": 10, "init": "xavier_uniform",
     "layers": [{"type": "nin_block", "out_channels": 6, "kernel_size": 3, "stride": 1, "padding": 1, "mlp": [6]},
@@ -84,7 +90,7 @@ class Config:
     steps: int = 10
     wheelhouse: Path = ROOT / ".whl"
     python: str = sys.executable
-    train_backends: tuple[str, ...] = TRAIN_BACKENDS
+    train_backends: tuple[str, ...] = OWN
     train_variant: str = "d2l"
     train_extra: str = ""  # more `nin train` flags (the dry run's small data)
     train_seconds: float = 150.0  # kept for training at the end: the grid stops before it
@@ -147,10 +153,11 @@ def cpu_env(threads: int = 2) -> dict[str, str]:
 
 
 def peak_step(cfg: Config) -> Step:
-    """The torch probe: versions, the APIs the suite uses, and the device's measured matmul peak (CUDA events)."""
-    return Step("peak (probe torch)", "peak", [cfg.python, "-m", "benchmarks.probe", "--backend", "torch",
-                                               "--device", cfg.device],
-                timeout=120, estimate=PEAK_ESTIMATE, meta={"backend": "torch", "result": "probes/torch.json"})
+    """The first backend's probe: versions, the APIs the suite uses, and the device's measured matmul peak."""
+    b = peak_backend(cfg)
+    return Step(f"peak (probe {b})", "peak", [cfg.python, "-m", "benchmarks.probe", "--backend", b,
+                                              "--device", cfg.device],
+                timeout=120, estimate=PEAK_ESTIMATE, meta={"backend": b, "result": f"probes/{b}.json"})
 
 
 def probe_steps(cfg: Config, names: list[str]) -> list[Step]:
@@ -190,7 +197,7 @@ def grid_steps(cfg: Config, names: list[str]) -> list[Step]:
         mode, precision, compile, sizes, verify = group
         for b in names:
             offered = backends.get(b).compile_modes + ("plain",)
-            if compile not in offered or (verify and b not in VERIFY_BACKENDS):
+            if compile not in offered or (verify and b not in OWN):
                 continue
             name = f"{i:02d}-{b}-{mode}-{precision}-{compile}-{'-'.join(map(str, sizes))}" + ("-verify" if verify
                                                                                              else "")
@@ -240,6 +247,16 @@ def carried_run(cfg: Config, backend: str) -> Path:
     return Path(cfg.wheelhouse) / "train" / backend
 
 
+def train_compile(backend: str) -> str:
+    """The compile mode of a backend's training run: eager where it requires a TRAIN_EAGER module."""
+    return "eager" if set(backends.get(backend).requires) & set(TRAIN_EAGER) else "compiled"
+
+
+def peak_backend(cfg: Config) -> str:
+    """The backend probed first, whose bench.matmul_peak measures the device's matmul rate: the first."""
+    return cfg.backends[0]
+
+
 def train_step(cfg: Config, backend: str, *, seconds: float, resume: bool) -> Step:
     """`nin train` of the tuned recipe for at most `seconds` (its --timeout stops it; the checkpoint of
     every finished epoch stays), or --resume of a carried run with its own settings."""
@@ -248,7 +265,7 @@ def train_step(cfg: Config, backend: str, *, seconds: float, resume: bool) -> St
         args = ["--backend", backend, "--out", str(out), "--resume"]
     else:
         args = ["--backend", backend, "--variant", cfg.train_variant, "--recipe", "tuned", "--device", cfg.device,
-                "--precision", "fast", "--compile", TRAIN_COMPILE.get(backend, "compiled"), "--seed", "0",
+                "--precision", "fast", "--compile", train_compile(backend), "--seed", "0",
                 "--out", str(out), *shlex.split(cfg.train_extra)]
     return Step(f"train {backend}", "train", nin(cfg, "train", *args, "--quiet", "--timeout", str(int(seconds))),
                 timeout=seconds + 30, ok_codes=(0, 124), estimate=0 if cfg.dry_run else TRAIN_MINIMUM,
@@ -259,7 +276,7 @@ def plan(cfg: Config) -> dict[str, list[Step]]:
     """Every step the run would take, in order, before the headline narrows the backends down."""
     names = list(cfg.backends)
     return {"headline": [peak_step(cfg), *headline_steps(cfg)],
-            "records": [*probe_steps(cfg, [b for b in names if b != "torch"]), *reference_steps(cfg),
+            "records": [*probe_steps(cfg, [b for b in names if b != peak_backend(cfg)]), *reference_steps(cfg),
                         *[s for lane in record_lanes(cfg, names).values() for s in lane], compare_step(cfg, [])],
             "grid": grid_steps(cfg, names),
             "train": [train_step(cfg, b, seconds=cfg.train_seconds, resume=carried_run(cfg, b).is_dir())

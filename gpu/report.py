@@ -11,7 +11,7 @@ a step ends; the training runs at the end):
     results.tar.gz   logs, probes, benchmark results, the matrix's JSON, training metrics, session.log
     matrix-gpu.md    `nin compare` of the GPU records against the float64 reference and each other
     bench-gpu.md     the headline and grid results in one table
-    train-torch.tar, train-jax.tar   metrics.jsonl and checkpoint.safetensors: `--resume` continues them
+    train-<backend>.tar (plan.OWN)   metrics.jsonl and checkpoint.safetensors: `--resume` continues them
 
 The records (about 60 MB each for the three variants) cannot come back: they are compared there.
 """
@@ -29,11 +29,13 @@ from benchmarks import report as bench_report
 from common import backends, tables
 from common.fsio import atomic_write_bytes, atomic_write_text
 
+from . import plan
+
 ROOT = backends.ROOT
 MIB = 2 ** 20
 OUT_LIMITS = {"files": 8, "file_bytes": 16 * MIB, "total_bytes": 64 * MIB, "depth": 2}
 OUT_FILES = ("summary.md", "headline.json", "session.json", "results.tar.gz", "matrix-gpu.md", "bench-gpu.md",
-             "train-torch.tar", "train-jax.tar")
+             *(f"train-{b}.tar" for b in plan.OWN))
 PACKED = (".json", ".jsonl", ".md", ".log", ".txt", ".csv", ".png", ".html")  # what results.tar.gz takes of work
 RUN_FILES = ("metrics.jsonl", "checkpoint.safetensors")
 

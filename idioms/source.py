@@ -8,6 +8,7 @@ naming the file and the name (tests/test_idioms.py turns that into a failure).
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import textwrap
 from dataclasses import dataclass
@@ -82,11 +83,21 @@ def _region(lines: list[str], name: str, where: str) -> tuple[int, int]:
     raise IdiomsError(f"{where}: region {name!r} has no '# end idiom'")
 
 
+def package_root(package: str, root: Path = ROOT) -> Path:
+    """The folder that holds a backend package: `root` (the checkout), or where Python would find it
+    (found, not imported): a package registered by $NIN_EXTRA_BACKENDS may live outside the checkout."""
+    if (Path(root) / package).is_dir():
+        return Path(root)
+    spec = importlib.util.find_spec(package)
+    return Path(next(iter(spec.submodule_search_locations))).parent if spec and spec.submodule_search_locations \
+        else Path(root)
+
+
 def cut(package: str, spec: Cut, *, root: Path = ROOT) -> list[Segment]:
     """The named definitions of one backend file, in the order named, then the helpers they use
     (transitively, in source order)."""
     rel = f"{package}/{spec.file}"
-    path = Path(root) / rel
+    path = package_root(package, root) / rel
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

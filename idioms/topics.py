@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common import backends
+
 PUBLIC = ("*",)  # as a Cut's names: every public function and class of the file, in source order
 
 
@@ -60,13 +62,9 @@ class Topic:
     notes: tuple[Note, ...] = field(default=())
 
 
-# The columns, in the chapter's order (d2l's tabs: MXNet, PyTorch, TensorFlow, JAX).
-PACKAGES = {
-    "nin_mxnet": "MXNet Gluon",
-    "nin_torch": "PyTorch",
-    "nin_tf": "Keras 3 (TensorFlow, JAX, PyTorch)",
-    "nin_jax": "Flax NNX",
-}
+# The columns: every registered package, in the registry's order (the chapter's, d2l's tabs: MXNet,
+# PyTorch, TensorFlow, JAX), headed by the framework as the registry names it.
+PACKAGES = backends.package_titles()
 
 
 def same(*cuts: Cut) -> dict[str, tuple[Cut, ...]]:

@@ -101,7 +101,7 @@ def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     bench = processes.load("torch", "bench")
     train = processes.load("torch", "train")
 
-    def fake_make_step(spec, *, mode, batch_size, precision, compile, device):
+    def fake_make_step(spec, *, mode, batch_size, precision, compile, device, steps):
         if batch_size > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return (lambda: None), {}
@@ -149,6 +149,7 @@ def test_a_failing_configuration_is_an_error_with_its_message(tmp_path, monkeypa
 def test_independent_timing_loop_runs_for_torch():
     out = processes.call("torch", "benchmarks.verify_timing", worker.arguments({"backend": "torch", **TINY}), timeout=HANG_S)
     assert out["status"] == "ok" and out["images_per_second"] > 0 and out["steps"] == 2
+    assert out["loop"] == "bench step, plain loop"  # PyTorch has no loop of its own: its bench step, timed plainly
     result = {"backend": "torch", **TINY, "status": "ok", "images_per_second": out["images_per_second"]}
     verify_timing.check([result], timeout=HANG_S)  # a fresh process of its own
     assert result["verify"]["status"] == "ok" and result["verify"]["tolerance"] == 0.10

@@ -98,3 +98,20 @@ def test_the_commands_of_cited_results_still_parse():
             except SystemExit:
                 bad.append(f"{path.relative_to(ROOT)}: {' '.join(words)[:150]}")
     assert not bad, "commands that no longer parse:\n" + "\n".join(bad)
+
+
+def test_the_readme_s_backend_table_is_the_registry_s():
+    """README.md's first table (package, framework, idiom, registry backends) lists every package of
+    common/backends.py, in its order, each with its backends in order: a package or a backend added to
+    or taken from the registry fails here until the table says so."""
+    from common import backends
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().split("\n\n## ")[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `nin_") and len(cells) == 4:
+            rows[cells[0].strip("`")] = re.findall(r"`([^`]+)`", cells[3])
+    registered = {p: [n for n, b in backends.BACKENDS.items() if b.package == p and b in backends.REGISTERED]
+                  for p in dict.fromkeys(b.package for b in backends.REGISTERED)}
+    assert rows == registered and list(rows) == list(registered), \
+        f"README.md's backend table: {rows}; the registry (common/backends.py): {registered}"

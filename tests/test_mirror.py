@@ -4,6 +4,7 @@ constants), so the packages mirror each other; and the layering rules hold. Read
 (AST): no framework is imported, so this runs in every environment."""
 
 import ast
+import importlib.util
 import inspect
 from pathlib import Path
 
@@ -18,6 +19,14 @@ EXTRAS = {
     ("nin_jax", "nin_block"): {"rngs", "dtype", "param_dtype"},  # Flax modules take their RNG streams and dtypes
     ("nin_jax", "build"): {"compute_dtype"},  # Flax's mixed precision: compute dtype apart from parameters
 }
+
+
+def package_dir(package: str) -> Path:
+    """Where a backend package lives, found as Python finds it (without importing it): the checkout's,
+    or one on PYTHONPATH ($NIN_EXTRA_BACKENDS, tests/test_add_backend.py)."""
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations, f"backend package {package} is not importable"
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def public_functions(path: Path) -> list[tuple[str, list[str]]]:
@@ -58,7 +67,7 @@ def _without_extras(package: str, functions):
 
 
 def test_backends_have_the_same_files():
-    files = {pkg: sorted(p.name for p in (ROOT / pkg).glob("*.py")) for pkg in PACKAGES}
+    files = {pkg: sorted(p.name for p in package_dir(pkg).glob("*.py")) for pkg in PACKAGES}
     first = files[PACKAGES[0]]
     assert all(f == first for f in files.values()), files
     assert {f"{m}.py" for m in backends.CONTRACT} <= set(first), (first, list(backends.CONTRACT))
@@ -70,7 +79,7 @@ def test_every_registered_package_fulfils_the_contract(package, module):
     """The contract's functions, in its order, with its parameter names (common/backends.py), and
     its constants; a package's other public functions are not allowed either: what one backend
     offers, all do."""
-    path = ROOT / package / f"{module}.py"
+    path = package_dir(package) / f"{module}.py"
     want = contract_functions(module)
     mine = _without_extras(package, public_functions(path))
     assert [n for n, _ in mine] == [n for n, _ in want], \
@@ -118,20 +127,28 @@ def rank(package: str) -> int:
     return 0 if package == "common" else 1 if package.startswith("nin_") else 2
 
 
+FRAMEWORKS = ("torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax", "mxnet", "triton")
+
+
 def test_layering_imports_only_run_downward_and_no_private_names_cross_modules():
     """common at the bottom, the backends above it, the drivers on top; no cycle between packages;
-    no module imports another module's _private name; common imports no framework and no pytest."""
+    no module imports another module's _private name; common imports no framework and no pytest; a
+    driver (conformance, benchmarks, training, idioms, gpu, harness, nin) imports no framework and no
+    backend package: it reaches a backend through the registry, in the backend's own process
+    (harness.processes.load), so all that a framework knows lives in its package."""
     local = {p.relative_to(ROOT).parts[0] for p in _package_files()}
     problems, edges = [], set()
-    frameworks = ("torch", "tensorflow", "keras", "jax", "flax", "optax", "mxnet", "pytest")
     for path in _package_files():
         pkg = path.relative_to(ROOT).parts[0]
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         for target, name, line in _imports(path):
             top = target.split(".")[0]
             where = f"{path.relative_to(ROOT)}:{line}"
-            if pkg == "common" and top in frameworks:
+            if pkg == "common" and top in FRAMEWORKS + ("pytest",):
                 problems.append(f"{where}: common imports {target}")
+            if rank(pkg) == 2 and (top in FRAMEWORKS or top.startswith("nin_")):
+                problems.append(f"{where}: driver {pkg} imports {target}; a driver reaches a backend only through "
+                                "the registry (harness.processes.load)")
             if top in local and top != pkg:
                 edges.add((pkg, top))
                 if rank(top) > rank(pkg):
