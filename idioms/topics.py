@@ -242,7 +242,11 @@ TOPICS: tuple[Topic, ...] = (
             Note("Momentum has two formulations that agree for a constant learning rate: PyTorch and optax keep "
                  "v = m v + g and step w -= lr v, Gluon and Keras keep v = m v - lr g and step w += v.",
                  checks=("momentum_trajectory", "momentum_final_weights"), planted_bugs=("torch-dampened-momentum",)),
-            Note("Keras's `weight_decay=` is decoupled (w -= lr wd w, outside the momentum), so `CoupledSGD` leaves "
+            Note("Under a warm-up or a cosine schedule the two momentum forms differ (Keras's and Gluon's apply the "
+                 "old rate to the old gradients), so `SuiteSGD` in Keras and in Gluon writes the suite's form.",
+                 checks=("scheduled_trajectory", "scheduled_final_weights"),
+                 planted_bugs=("keras-own-momentum-form",)),
+            Note("Keras's `weight_decay=` is decoupled (w -= lr wd w, outside the momentum), so `SuiteSGD` leaves "
                  "it off and adds wd w to the gradient, as `torch.optim.SGD(weight_decay=)`, Gluon's `wd` and "
                  "`optax.add_decayed_weights` do.",
                  checks=("momentum_final_weights",),

@@ -4,7 +4,8 @@ one fit call per epoch, on whichever backend KERAS_BACKEND names (TensorFlow, JA
 The resize is a Keras layer in front of the network (preprocessing inside the model, as Keras
 documents it), so uint8 28x28 images are what fit and evaluate receive, and the two matmuls of
 common.data.input_matrices run on the device inside the compiled step. The learning rate is a
-LearningRateSchedule reading the driver's table at the optimizer's iteration count.
+LearningRateSchedule reading the driver's table at the optimizer's iteration count (train.make_optimizer's
+SuiteSGD, the one optimizer of the package; fit runs the same Keras train step as train.train_step).
 """
 
 from __future__ import annotations
@@ -19,42 +20,11 @@ import numpy as np
 from common.data import input_matrices
 from common.spec import NetSpec
 
-from .model import build, device_of, export_weights, load_weights
-from .train import LOSS, CoupledSGD
+from .model import build, canonical_tensors, device_of, export_weights, from_canonical, load_weights, to_canonical
+from .train import make_optimizer
 
 # With TF_DETERMINISTIC_OPS (fp32), Keras runs TensorFlow's tf.function graph instead of XLA, and says so.
 warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile=True`")
-
-
-class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """The learning rate of step `step` read from a table (the driver's, the same in every backend)."""
-
-    def __init__(self, lrs):
-        self.lrs = np.asarray(lrs, dtype="float32")
-
-    def __call__(self, step):
-        index = keras.ops.minimum(keras.ops.cast(step, "int32"), len(self.lrs) - 1)
-        return keras.ops.take(keras.ops.convert_to_tensor(self.lrs), index)
-
-    def get_config(self):
-        return {"lrs": self.lrs.tolist()}
-
-
-class ScheduledSGD(CoupledSGD):
-    """SGD in the suite's form, v = m * v + (g + wd * w); w -= lr * v (PyTorch's and optax's). Keras's
-    own, v = m * v - lr * g; w += v, is the same only while the learning rate stays constant: under a
-    warm-up or a cosine schedule the two differ, so the scheduled runs use this one."""
-
-    def update_step(self, gradient, variable, learning_rate):
-        lr = keras.ops.cast(learning_rate, variable.dtype)
-        if self.l2:
-            gradient = keras.ops.add(gradient, keras.ops.multiply(keras.ops.cast(self.l2, variable.dtype), variable))
-        if self.momentum:
-            v = self.momentums[self._get_variable_index(variable)]
-            self.assign(v, keras.ops.add(keras.ops.multiply(v, keras.ops.cast(self.momentum, variable.dtype)),
-                                         gradient))
-            gradient = v
-        self.assign_sub(variable, keras.ops.multiply(gradient, lr))
 
 
 class InputResize(keras.layers.Layer):
@@ -75,7 +45,7 @@ class InputResize(keras.layers.Layer):
 
 def _zero_logits(labels, logits):
     """1 for an image whose logits are all <= 0 (a dead final ReLU predicts nothing)."""
-    return keras.ops.cast(keras.ops.all(logits <= 0, axis=-1), "float32")
+    return keras.ops.cast(keras.ops.all(logits <= 0, axis=-1), logits.dtype)
 
 
 @dataclass
@@ -86,43 +56,61 @@ class Trainer:
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str) -> Trainer:
-    """The network behind an InputResize layer, compiled with SGD in the suite's form (ScheduledSGD;
-    the learning rate from the table), cross-entropy, accuracy and the zero-logit share."""
-    model = build(spec, device=device, compiled=compile == "compiled")
-    rows, cols = input_matrices(spec)
+                 compile: str, dtype: str = "float32") -> Trainer:
+    """The network (in dtype) behind an InputResize layer, compiled with train.make_optimizer's SGD
+    (the learning rate from the table), cross-entropy, accuracy and the zero-logit share, the loss
+    tracker and the metrics in dtype too."""
+    model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
+    rows, cols = (np.asarray(m, dtype=dtype) for m in input_matrices(spec))
     with keras.device(device_of(model)):
-        net = keras.Sequential([keras.Input((28, 28), dtype="uint8"), InputResize(rows, cols, spec.input_shape[0]),
-                                model])
-        optimizer = ScheduledSGD(l2=weight_decay, learning_rate=TableSchedule(lrs), momentum=momentum)
-        optimizer.build(net.trainable_variables)
-    net.compile(optimizer=optimizer, loss=LOSS,
-                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                         keras.metrics.MeanMetricWrapper(_zero_logits, name="zero_logits")],
-                jit_compile=compile == "compiled", run_eagerly=compile == "eager")
+        net = keras.Sequential([keras.Input((28, 28), dtype="uint8"),
+                                InputResize(rows, cols, spec.input_shape[0], dtype=dtype), model])
+    previous = keras.config.floatx()
+    keras.config.set_floatx(dtype)  # Keras's loss tracker, metrics and loss take floatx when made: the model's dtype
+    try:
+        net.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                             keras.metrics.MeanMetricWrapper(_zero_logits, name="zero_logits")],
+                    jit_compile=compile == "compiled", run_eagerly=compile == "eager")
+    finally:
+        keras.config.set_floatx(previous)
     return Trainer(model, net, optimizer)
 
 
+def _momentums(trainer: Trainer) -> dict[str, keras.Variable]:
+    """Canonical name -> the optimizer's momentum slot of that trainable tensor (Keras SGD's
+    `momentums`, at the optimizer's index of the variable); {} for plain SGD, which keeps none."""
+    optimizer = trainer.optimizer
+    slots = getattr(optimizer, "momentums", None) or []
+    if not slots:
+        return {}
+    return {name: slots[optimizer._get_variable_index(v)]
+            for name, v in canonical_tensors(trainer.model).items() if v.trainable}
+
+
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:
-    """Canonical weights; every optimizer variable (its iteration count, the momentums) by its index
-    in optimizer.variables, when the checkpoint has them; a fresh optimizer has step 0."""
+    """Canonical weights, the momentum buffers by canonical name ("momentum/<name>", any backend's
+    export_state) into the optimizer's slots, and optimizer.iterations = step (the table's position)."""
     load_weights(trainer.model, weights, "checkpoint")
-    variables = trainer.optimizer.variables
-    if optimizer:
-        keys = [f"{i:03d}" for i in range(len(variables))]
-        if sorted(keys) != sorted(optimizer):
-            raise ValueError(f"checkpoint: the optimizer state has {len(optimizer)} variables, Keras's SGD "
-                             f"{len(variables)}; was it written with another --optimizer?")
-        for key, v in zip(keys, variables):
-            v.assign(np.asarray(optimizer[key], dtype=v.dtype))
-    if int(keras.ops.convert_to_numpy(trainer.optimizer.iterations)) != step:
-        raise ValueError(f"checkpoint: the optimizer's iteration count is "
-                         f"{int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))}, the run's position {step}")
+    for name, slot in _momentums(trainer).items():
+        key = f"momentum/{name}"
+        if key not in optimizer:
+            if step:
+                raise ValueError(f"checkpoint: no {key} for a run with momentum "
+                                 f"{float(trainer.optimizer.momentum):g} at step {step}")
+            slot.assign(keras.ops.zeros(slot.shape, dtype=slot.dtype))  # a fresh optimizer
+            continue
+        want = to_canonical(name, slot).shape
+        if np.shape(optimizer[key]) != want:
+            raise ValueError(f"checkpoint: {key} has shape {np.shape(optimizer[key])}, the model's {want}")
+        slot.assign(from_canonical(name, np.asarray(optimizer[key], dtype=slot.dtype)))
+    trainer.optimizer.iterations.assign(step)
 
 
 def export_state(trainer: Trainer) -> tuple[dict, dict, int]:
-    """(canonical weights, optimizer variables by index, steps done)."""
-    optimizer = {f"{i:03d}": np.array(keras.ops.convert_to_numpy(v)) for i, v in enumerate(trainer.optimizer.variables)}
+    """(canonical weights, canonical momentum buffers, steps done: optimizer.iterations)."""
+    optimizer = {f"momentum/{name}": to_canonical(name, slot) for name, slot in _momentums(trainer).items()}
     return export_weights(trainer.model), optimizer, int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
 
 
@@ -153,18 +141,38 @@ def _seed_dropout(model: keras.Model, seed: int) -> None:
         state.assign(np.array([seed, i], dtype=state.dtype))
 
 
+class TorchDropoutSeed(keras.callbacks.Callback):
+    """Keras's PyTorch backend draws an unseeded Dropout's mask from torch's global generator
+    (keras/src/backend/torch/random.py, dropout), not from the layer's seed generator; and every
+    DataLoader iterator that fit makes draws from it too (a model's first fit makes one more), so the
+    generator is restarted at the epoch's first batch, after them."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            import torch
+            torch.manual_seed(self.seed)
+
+
 def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int, dropout_seed: int,
                 progress: Callable[[int, float, int], None]) -> None:
-    """One model.fit epoch over images (uint8, already in the epoch's order: shuffle=False);
-    progress(n, mean loss, correct) after every batch, from a callback."""
+    """One model.fit epoch over images (uint8, already in the epoch's order: shuffle=False; the last
+    partial batch kept, as fit does); progress(n, mean loss, correct) after every batch, from a callback."""
     _seed_dropout(trainer.model, dropout_seed)
+    callbacks = [Progress(progress, batch_size, len(images))]
+    if keras.backend.backend() == "torch":
+        callbacks.append(TorchDropoutSeed(dropout_seed))
     with keras.device(device_of(trainer.model)):
         trainer.net.fit(images, labels.astype(np.int32), batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
-                        callbacks=[Progress(progress, batch_size, len(images))])
+                        callbacks=callbacks)
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
-    """Mean loss, accuracy and the share of images whose logits are all <= 0: model.evaluate."""
+    """Mean loss, accuracy and the share of images whose logits are all <= 0: model.evaluate, whose
+    loss tracker and metrics make_trainer made in the model's dtype."""
     with keras.device(device_of(trainer.model)):
         out = trainer.net.evaluate(images, labels.astype(np.int32), batch_size=batch_size, verbose=0,
                                    return_dict=True)

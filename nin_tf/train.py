@@ -17,8 +17,6 @@ import weakref
 import keras
 import numpy as np
 
-from common.spec import TrainConfig
-
 from .model import canonical_tensors, default_device, device_of, to_canonical, to_input
 
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -30,27 +28,51 @@ def cross_entropy(logits, labels):
     return LOSS(labels, logits)
 
 
-class CoupledSGD(keras.optimizers.SGD):
-    """Keras SGD with L2 weight decay added to the gradient first (g += wd * w), the suite's convention.
-    Keras's own momentum, v = m * v - lr * g; w += v, equals PyTorch's v = m * v + g; w -= lr * v for a
-    constant lr; its weight_decay= is decoupled (w -= lr * wd * w), so it is left at None."""
+class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Step t's rate is lrs[t] (the last entry past the end), read at the optimizer's iteration count.
+    The table stays float64: SuiteSGD casts the rate to each variable's dtype, so a float64 model
+    never sees a float32 rate (0.05 in float32 is 1e-9 off)."""
 
-    def __init__(self, l2: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        # SGD's update_step does ops.cast(self.momentum, dtype), and TensorFlow makes a Python float a
-        # float32 tensor before casting (0.9 -> 0.89999998): a NumPy float64 (a float) keeps 53 bits
-        self.momentum = np.float64(self.momentum)
-        self.l2 = l2
+    def __init__(self, lrs):
+        table = np.asarray(lrs, dtype=np.float64).reshape(-1)
+        if not table.size:
+            raise ValueError("the learning-rate table is empty")
+        self.lrs = table
 
-    def update_step(self, gradient, variable, learning_rate):
-        if self.l2:
-            # convert_to_tensor with the dtype: cast() would round the Python float to float32 first
-            l2 = keras.ops.convert_to_tensor(self.l2, dtype=variable.dtype)
-            gradient = keras.ops.add(gradient, keras.ops.multiply(l2, variable))
-        super().update_step(gradient, variable, learning_rate)
+    def __call__(self, step):
+        index = keras.ops.minimum(keras.ops.cast(step, "int32"), len(self.lrs) - 1)
+        return keras.ops.take(keras.ops.convert_to_tensor(self.lrs, dtype="float64"), index)
 
     def get_config(self):
-        return {**super().get_config(), "l2": self.l2}
+        return {"lrs": self.lrs.tolist()}
+
+
+class SuiteSGD(keras.optimizers.SGD):
+    """SGD in the suite's form, g += wd * w; v = m * v + g; w -= lr * v (momentum 0: no buffer,
+    w -= lr * (g + wd * w)), PyTorch's and optax's, the rate a TableSchedule at optimizer.iterations.
+    Keras's own form, v = m * v - lr * g; w += v (its weight_decay= decoupled, w -= lr * wd * w), is not
+    used: it equals this one only while the rate stays constant. keras.optimizers.SGD gives the
+    momentum slots (self.momentums, one per variable, by _get_variable_index); update_step is ours."""
+
+    def __init__(self, lrs, *, momentum: float = 0.0, weight_decay: float = 0.0, **kwargs):
+        super().__init__(learning_rate=TableSchedule(lrs), momentum=momentum, **kwargs)
+        # TensorFlow makes a Python float a float32 tensor before a cast (0.9 -> 0.89999998): NumPy
+        # float64s (floats) keep 53 bits when update_step makes them tensors of the variable's dtype
+        self.momentum = np.float64(momentum)
+        self.l2 = np.float64(weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = keras.ops.cast(learning_rate, dtype)  # the float64 table's entry, in the variable's dtype
+        if self.l2:
+            gradient = keras.ops.add(gradient,
+                                     keras.ops.multiply(keras.ops.convert_to_tensor(self.l2, dtype=dtype), variable))
+        if self.momentum:
+            v = self.momentums[self._get_variable_index(variable)]
+            self.assign(v, keras.ops.add(keras.ops.multiply(v, keras.ops.convert_to_tensor(self.momentum, dtype=dtype)),
+                                         gradient))
+            gradient = v
+        self.assign_sub(variable, keras.ops.multiply(gradient, lr))
 
 
 class GradientCapture(keras.optimizers.Optimizer):
@@ -71,17 +93,48 @@ class GradientCapture(keras.optimizers.Optimizer):
         return self.gradients[self._get_variable_index(variable)]
 
 
-def make_optimizer(model: keras.Model, config: TrainConfig) -> keras.optimizers.Optimizer:
-    optimizer = CoupledSGD(l2=config.weight_decay, learning_rate=config.lr, momentum=config.momentum)
-    optimizer.build(model.trainable_variables)
+def make_optimizer(model: keras.Model, lrs, *, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """SuiteSGD over the model's trainable variables (weight decay on every one: kernels, biases,
+    gamma, beta; never the running statistics, which are not trainable), built now so that its
+    momentum slots exist before the first step (load_state fills them)."""
+    optimizer = SuiteSGD(lrs, momentum=momentum, weight_decay=weight_decay)
+    with _placed(model):
+        optimizer.build(model.trainable_variables)
     return optimizer
 
 
-def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
-    """model.compile with this optimizer and the loss, keeping the model's compile mode (see build);
-    only when the optimizer changes, since each compile drops Keras's traced steps."""
-    if model.optimizer is not optimizer or model.loss is not LOSS:
-        model.compile(optimizer=optimizer, loss=LOSS, jit_compile=model.jit_compile, run_eagerly=model.run_eagerly)
+@contextlib.contextmanager
+def _in_dtype(dtype: str):
+    """floatx set to the model's dtype while Keras makes the loss tracker and the metrics, so that
+    they accumulate in it (a Keras metric takes floatx when it is made; fp64 stays float64)."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
+_losses: dict = {}
+
+
+def _loss_in(dtype: str):
+    """LOSS, or when the model's dtype is not LOSS's (floatx's, configure's), the same loss in the
+    model's dtype: a Keras loss casts the logits to its own dtype first."""
+    if LOSS.dtype == dtype:
+        return LOSS
+    return _losses.setdefault(dtype, keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype))
+
+
+def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, metrics: tuple = ()) -> None:
+    """model.compile with this optimizer, the loss and the metrics, keeping the model's compile mode
+    (see build); only when the optimizer changes, since each compile drops Keras's traced steps."""
+    loss = _loss_in(model.dtype)
+    if model.optimizer is not optimizer or model.loss is not loss:
+        with _in_dtype(model.dtype):
+            model.compile(optimizer=optimizer, loss=loss, metrics=[m() for m in metrics],
+                          jit_compile=model.jit_compile, run_eagerly=model.run_eagerly)
 
 
 def _batch(model: keras.Model, images: np.ndarray, labels: np.ndarray):
@@ -110,12 +163,14 @@ def loss_and_grads(model: keras.Model, images: np.ndarray, labels: np.ndarray) -
     return float(loss), grads
 
 
-def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, images: np.ndarray,
-               labels: np.ndarray) -> float:
-    _compile(model, optimizer)
-    x, y = _batch(model, images, labels)
+def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, x, y) -> tuple[float, int]:
+    """Keras's own step (model.compile with the optimizer, the loss and accuracy; train_on_batch, which
+    resets the metrics first) on x in the model's input form: (mean loss, argmax(logits) == y count)."""
+    _compile(model, optimizer, (lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy"),))
+    y = np.asarray(keras.ops.convert_to_numpy(y), dtype=np.int32)
     with _placed(model):
-        return float(model.train_on_batch(x, y))
+        logs = model.train_on_batch(x, y, return_dict=True)
+    return float(logs["loss"]), round(float(logs["accuracy"]) * len(y))
 
 
 def configure(device: str = "cpu", precision: str = "fp32") -> dict:

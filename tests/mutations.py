@@ -883,6 +883,21 @@ def mxnet_eval_in_training_mode(patch, model_mod, train_mod):
         "predict_mode": autograd.train_mode}))
 
 
+@mutant("keras-own-momentum-form", KERAS, TRAINING,
+        "Keras's own SGD momentum (v = m v - lr g; w += v): the suite's form only while the rate is constant",
+        caught_by=("scheduled_trajectory", "scheduled_final_weights"), precision="fp64")
+def keras_own_momentum_form(patch, model_mod, train_mod):
+    import keras
+
+    class KerasForm(train_mod.SuiteSGD):
+        def update_step(self, gradient, variable, learning_rate):  # coupled L2, then Keras's own update
+            if self.l2:
+                gradient = gradient + keras.ops.convert_to_tensor(self.l2, dtype=variable.dtype) * variable
+            keras.optimizers.SGD.update_step(self, gradient, variable, learning_rate)
+
+    patch.setattr(train_mod, "SuiteSGD", KerasForm)
+
+
 # --- the report ----------------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp64")
 

@@ -43,8 +43,8 @@ def test_mutant_is_caught(bk, backend, mutant, device, data_dir, monkeypatch):
     failed = control(bk, backend, device, data_dir, entry.precision)
     assert not failed, f"the unmutated {backend} fails the reduced case ({_shown(failed)}): a mutant proves nothing"
     model_mod, train_mod = bk
-    entry.apply(monkeypatch, model_mod, train_mod)
-    with mutations.configured(train_mod, entry.precision, device):
+    with mutations.configured(train_mod, entry.precision, device):  # first: configure may rebuild what a mutant patches
+        entry.apply(monkeypatch, model_mod, train_mod)
         failed = mutations.failures(mutations.judge(model_mod, train_mod, precision=entry.precision, device=device,
                                                     data_dir=data_dir))
     assert failed, f"{mutant} ({entry.what}) is not caught on {backend}: every check passes"
