@@ -56,6 +56,23 @@ def test_the_one_line_registers_it_everywhere(added):
     assert NAME in nin(env, "record", "--help").stdout  # the drivers' choices come from the registry
 
 
+def test_the_drivers_backend_lists_take_it_in(added):
+    """The drivers keep no backend list of their own: the portability paths, the idioms columns, the GPU
+    session's groups and the mirror test's packages all come from the registry, so the new line reaches them."""
+    _, env = added
+    code = ("import json; from conformance import portability; from gpu import plan; from idioms import topics\n"
+            "import sys; sys.path.insert(0, 'tests'); import test_mirror\n"
+            "print(json.dumps({'paths': {k: list(v[1]) for k, v in portability.PATHS.items()}, 'gpu': list(plan.BACKENDS),"
+            " 'own': list(plan.OWN), 'idioms': topics.PACKAGES, 'mirror': test_mirror.PACKAGES}))")
+    out = run(env, "-c", code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lists = json.loads(out.stdout.splitlines()[-1])
+    torch_paths = {k for k, v in lists["paths"].items() if "torch" in v}
+    assert torch_paths and torch_paths == {k for k, v in lists["paths"].items() if NAME in v}, lists["paths"]
+    assert NAME in lists["gpu"] and NAME in lists["own"], (lists["gpu"], lists["own"])
+    assert lists["idioms"].get(PACKAGE) == "PyTorch, a copy" and PACKAGE in lists["mirror"], lists
+
+
 def test_it_fulfils_the_contract(added):
     _, env = added
     out = run(env, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "tests/test_mirror.py",
