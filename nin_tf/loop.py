@@ -10,6 +10,7 @@ SuiteSGD, the one optimizer of the package; fit runs the same Keras train step a
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,25 @@ import numpy as np
 from common.data import input_matrices
 from common.spec import NetSpec
 
-from .model import build, canonical_tensors, device_of, export_weights, from_canonical, load_weights, to_canonical
+from .model import (
+    build,
+    canonical_tensors,
+    default_device,
+    device_of,
+    export_weights,
+    from_canonical,
+    load_weights,
+    to_canonical,
+)
 from .train import make_optimizer
+
+
+def _placed(model: keras.Model):
+    """The model's device as a scope, or none when it is the default: on Keras's PyTorch backend a scope
+    names the CPU "cpu:0" where the variables say "cpu", and torch.compile refuses to mix the two."""
+    where = device_of(model)
+    return contextlib.nullcontext() if where == default_device() else keras.device(where)
+
 
 # With TF_DETERMINISTIC_OPS (fp32), Keras runs TensorFlow's tf.function graph instead of XLA, and says so.
 warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile=True`")
@@ -63,7 +81,7 @@ def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_deca
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     rows, cols = (np.asarray(m, dtype=dtype) for m in input_matrices(spec))
-    with keras.device(device_of(model)):
+    with _placed(model):
         net = keras.Sequential([keras.Input((28, 28), dtype="uint8"),
                                 InputResize(rows, cols, spec.input_shape[0], dtype=dtype), model])
     previous = keras.config.floatx()
@@ -165,7 +183,7 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
     callbacks = [Progress(progress, batch_size, len(images))]
     if keras.backend.backend() == "torch":
         callbacks.append(TorchDropoutSeed(dropout_seed))
-    with keras.device(device_of(trainer.model)):
+    with _placed(trainer.model):
         trainer.net.fit(images, labels.astype(np.int32), batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
                         callbacks=callbacks)
 
@@ -173,7 +191,7 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0: model.evaluate, whose
     loss tracker and metrics make_trainer made in the model's dtype."""
-    with keras.device(device_of(trainer.model)):
+    with _placed(trainer.model):
         out = trainer.net.evaluate(images, labels.astype(np.int32), batch_size=batch_size, verbose=0,
                                    return_dict=True)
     return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "zero_logits": float(out["zero_logits"])}
