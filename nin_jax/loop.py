@@ -1,6 +1,6 @@
 """Training NiN the Flax NNX way: a plain loop over the epoch's batches, each resized on the device
-(a jitted function) and passed to train.train_step (nnx.value_and_grad, optimizer.update, under
-nnx.jit when compiled) with train.make_optimizer's optax SGD, the learning-rate table its schedule.
+and passed to train.train_step (nnx.value_and_grad, optimizer.update) with train.make_optimizer's optax
+SGD, the learning-rate table its schedule; when compiled, the resize runs under jax.jit and the step under nnx.jit.
 
 The driver (training/worker.py) owns the data order, the learning-rate table, the seeds, the
 metrics and the checkpoints; this file owns what only JAX and Flax know. Images arrive as uint8
@@ -137,7 +137,8 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
     """One pass over images (uint8, already in the epoch's order); progress(n, mean loss, correct)
     after every batch. The dropout masks come from the model's nnx.Rngs restarted at dropout_seed."""
     device = trainer.rows.devices().pop()
-    resize = partial(_inputs_jit, trainer.rows, trainer.cols, channels=trainer.channels)
+    resize = partial(_inputs_jit if trainer.model.jit else _inputs, trainer.rows, trainer.cols,
+                     channels=trainer.channels)  # op by op in eager mode, as the model runs
     nnx.reseed(trainer.model, dropout=dropout_seed)
     _commit(trainer)
     for start in range(0, len(images), batch_size):
