@@ -296,7 +296,8 @@ def read_record(path) -> Record:
     specs = {name: _check_variant(path, name, info, cases) for name, info in meta["variants"].items()}
     resumed = meta.get("resumed_from")
     if resumed is not None and not (isinstance(resumed, dict) and all(
-            isinstance(resumed.get(k), str) for k in ("backend", "hyperparameters", "running_variance", "record"))):
+            isinstance(resumed.get(k), str) for k in ("backend", "hyperparameters", "running_variance", "record"))
+            and isinstance(resumed.get("float64_limits", {}), dict)):
         raise RecordError(f"{path}: metadata.resumed_from: expected an object with backend, hyperparameters, "
                           f"running_variance and record (strings), got {json.dumps(resumed)[:80]}")
     _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], resumed=resumed is not None)

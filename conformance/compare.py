@@ -156,6 +156,21 @@ def bound_precision(rec: Record, spec) -> tuple[str, str]:
     return rec.precision, ""
 
 
+def _held(rec: Record, spec) -> tuple[str, str]:
+    """bound_precision, and for a resume record the looser of its own and its checkpoint's backend's:
+    an fp64 checkpoint from a backend that computes below float64 carries float32 errors."""
+    own = bound_precision(rec, spec)
+    source = rec.meta.get("resumed_from")
+    if not source:
+        return own
+    theirs = bound_precision(Record(rec.path, {"precision": rec.precision,
+                                               "float64_limits": source.get("float64_limits", {})},
+                                    {}, rec.cases, {}), spec)
+    if theirs[0] != own[0] and own[0] == rec.precision:
+        return theirs[0], f"{theirs[1]} (the checkpoint's backend, {source['backend']})"
+    return own
+
+
 def reference_as_seen(spec, cases: Cases, init: dict, *, hyperparameters: str, running_variance: str,
                       data_dir=None, use_cache: bool = True) -> dict:
     """The float64 reference (as updates from `init`) as a backend's kernels see it: with its
@@ -314,7 +329,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
         refs = _References(spec, cases, init, data_dir=data_dir, use_cache=use_cache)
         reference_for = refs.seen_by
         ref_updates = as_updates(reference_results(spec, cases, data_dir, use_cache), init)
-        held = {i: bound_precision(recs[i], spec) for i in holders}
+        held = {i: _held(recs[i], spec) for i in holders}
         bounds = {}
         for prec in {p for p, _ in held.values()}:
             spread = errormodel.spreads(spec, cases, prec, data_dir, progress=progress)

@@ -241,7 +241,8 @@ def make_resumed_record(backend: str, source: Path, *, device: str, precision: s
             "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
             "numerics": {k: str(v) for k, v in numerics.items()},
             "resumed_from": {"backend": src.backend, "hyperparameters": src.meta["hyperparameters"],
-                             "running_variance": src.meta["running_variance"], "record": str(source)},
+                             "running_variance": src.meta["running_variance"], "record": str(source),
+                             "float64_limits": src.meta.get("float64_limits", {})},
             "python": platform.python_version(), "host": platform.node(), "platform": platform.platform(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv)}
