@@ -10,6 +10,8 @@ step has finished when it returns.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 
@@ -129,8 +131,8 @@ def api_checks(device: str) -> tuple[dict, list[str]]:
         checks[f"keras.{name}"] = hasattr(keras, name)
     checks["new tensor's device"] = str(getattr(keras.ops.zeros(()), "device", ""))
     if keras.backend.backend() == "jax":  # TF32 under Keras on JAX: XLA's default matmul precision decides
-        import jax
-        checks["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+        # configure() sets it through the environment variable JAX reads (no jax import outside nin_jax)
+        checks["jax_default_matmul_precision"] = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "None")
     return checks, problems
 
 

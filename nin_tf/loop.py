@@ -171,8 +171,7 @@ class TorchDropoutSeed(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
-            import torch
-            torch.manual_seed(self.seed)
+            keras.utils.set_random_seed(self.seed)  # on the torch backend: torch.manual_seed, and no import here
 
 
 def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int, dropout_seed: int,
