@@ -49,6 +49,13 @@ def test_mutant_is_caught(bk, backend, mutant, device, data_dir, monkeypatch):
                                                     data_dir=data_dir))
     assert failed, f"{mutant} ({entry.what}) is not caught on {backend}: every check passes"
     missing = [c for c in entry.caught_by if c not in failed]
+    if entry.precision == "fp64" and "all" in train_mod.float64_limits():
+        # caught_by is what a float64 run shows. Keras on JAX/PyTorch computes its fp64 mode in float32 and
+        # the matrix holds it to fp32 bounds, where some of these errors are below the bound: one must fail
+        assert len(missing) < len(entry.caught_by), (
+            f"{mutant} on {backend} (fp64 held to fp32 bounds): none of {list(entry.caught_by)} catches it; "
+            f"failed: {_shown(failed)}")
+        return
     assert not missing, f"{mutant} on {backend}: {missing} should catch it but pass; failed: {_shown(failed)}"
 
 
