@@ -7,8 +7,9 @@ cases' seeds and sizes, shapes, parameter counts) as JSON in its metadata under 
 Records are written inside the backend's own process (conformance.record) and read anywhere.
 
 `read_record` checks everything before any value is compared: every metadata field's type and
-value (an unknown precision is an error, never a fallback to another tolerance), every variant's
-spec, and every tensor's name, dtype and shape against what the metadata says the record holds.
+value against the pydantic model MetadataJSON (an unknown precision is an error, never a fallback
+to another tolerance; common/schema.py words the errors), every variant's spec, and every
+tensor's name, dtype and shape against what the metadata says the record holds.
 A record that lists no variant checks nothing and is refused.
 """
 
@@ -18,10 +19,12 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import StrictInt
 
-from . import calc
+from . import calc, schema
 from .backends import BACKENDS
 from .cases import DROPOUT_PROBE, Cases, dropout_rates, midpoint, scheduled_steps
 from .data import CLASSES
@@ -42,17 +45,52 @@ FLOAT64_LIMITS = ("batch_norm", "all")  # what a backend computes below float64 
 # bounds its backend never asked for (conformance.compare.bound_precision), so it is refused.
 DECLARED_FLOAT64_LIMITS = {"mxnet": (), "torch": (), "keras-tf": (), "jax": (), "keras-jax": ("all",),
                            "keras-torch": ("all",)}
-FIELDS = {  # metadata field -> type; the first eleven are required
-    "format": str, "backend": str, "versions": dict, "device": str, "precision": str, "compile": str,
-    "numerics": dict, "cases": dict, "variants": dict, "running_variance": str, "hyperparameters": str,
-    "float64_limits": dict,
-    "framework": str, "device_name": str, "python": str, "host": str, "platform": str, "created": str,
-    "command": str, "resumed_from": dict,
-}
-REQUIRED = tuple(FIELDS)[:11]
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
 MAX_WORK = 10 ** 13  # multiply-adds: ~90 times the d2l variant's cases (1.1e11), minutes rather than days
 MAX_TEXT = 10_000  # characters in one metadata string (the command line is the longest)
+TEXT = schema.text(MAX_TEXT)  # printed: one line each, of a readable length
+
+
+class VariantJSON(schema.Schema):
+    spec: Any  # NetSpec.from_dict checks it, with its own schema
+    layer_shapes: schema.expect(list[list[StrictInt]], "a list of lists of integers", whole=True)
+    param_count: schema.integer(0)
+
+
+class ResumedFromJSON(schema.Schema):
+    """Where a resume record's run began: another backend's record (conformance/record.py)."""
+    backend: TEXT
+    hyperparameters: TEXT
+    running_variance: TEXT
+    record: TEXT
+    float64_limits: schema.expect(dict[TEXT, TEXT], "an object of strings") = None
+
+
+class MetadataJSON(schema.Schema):
+    """A record's metadata (its "record" JSON); the first eleven fields are required."""
+    format: schema.one_of([FORMAT])
+    backend: schema.one_of(sorted(BACKENDS))
+    versions: schema.expect(dict[TEXT, TEXT], "an object of strings")
+    device: schema.one_of(DEVICES)
+    precision: schema.one_of(PRECISIONS)
+    compile: schema.one_of(COMPILES)
+    numerics: schema.expect(dict[TEXT, TEXT], "an object of strings")
+    cases: schema.OBJECT  # Cases.from_dict checks its fields
+    variants: schema.expect(dict[str, VariantJSON], "an object (variant name -> its spec and shapes)")
+    running_variance: schema.one_of(VARIANCES)
+    hyperparameters: schema.one_of(HYPERPARAMETERS)
+    float64_limits: schema.expect(dict[schema.one_of(FLOAT64_LIMITS), TEXT], "an object of strings") = None
+    framework: TEXT = None  # None here: absent
+    device_name: TEXT = None
+    python: TEXT = None
+    host: TEXT = None
+    platform: TEXT = None
+    created: TEXT = None
+    command: TEXT = None
+    resumed_from: ResumedFromJSON = None
+
+
+REQUIRED = tuple(name for name, field in MetadataJSON.model_fields.items() if field.is_required())
 
 
 class RecordError(ValueError):
@@ -120,50 +158,10 @@ def reference_work(spec: NetSpec, cases: Cases) -> int:
     return calc.summary(spec).total_macs * passes
 
 
-def _json_type(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
-
-
 def _check_meta(path: Path, meta) -> None:
-    if not isinstance(meta, dict):
-        raise RecordError(f"{path}: metadata: expected an object, got {_json_type(meta)}")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise RecordError(f"{path}: metadata: missing field(s) {missing}")
-    unknown = [k for k in meta if k not in FIELDS]
-    if unknown:
-        raise RecordError(f"{path}: metadata: unknown field(s) {unknown}; expected some of {list(FIELDS)}")
-    for name, kind in FIELDS.items():
-        if name in meta and not isinstance(meta[name], kind):
-            expected = "an object" if kind is dict else "a string"
-            raise RecordError(f"{path}: metadata.{name}: expected {expected}, got {_json_type(meta[name])}")
-    if meta["format"] != FORMAT:
-        raise RecordError(f"{path}: metadata.format: {meta['format']!r}, expected {FORMAT!r}")
-    for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("compile", COMPILES),
-                          ("running_variance", VARIANCES), ("hyperparameters", HYPERPARAMETERS)):
-        if meta[name] not in allowed:
-            raise RecordError(f"{path}: metadata.{name}: {meta[name]!r}, expected one of {list(allowed)}")
-    limits = meta.get("float64_limits", {})
-    for name in ("versions", "numerics") + (("float64_limits",) if "float64_limits" in meta else ()):
-        bad = [k for k, v in meta[name].items() if not isinstance(v, str)]
-        if bad:
-            raise RecordError(f"{path}: metadata.{name}.{bad[0]}: expected a string")
-    unknown = [k for k in limits if k not in FLOAT64_LIMITS]
-    if unknown or (limits and meta["precision"] != "fp64"):
-        raise RecordError(f"{path}: metadata.float64_limits: {sorted(limits)}, expected some of {list(FLOAT64_LIMITS)} "
-                          "and only in an fp64 record")
-    if meta["backend"] not in BACKENDS:
-        raise RecordError(f"{path}: metadata.backend: {meta['backend']!r}, expected one of {sorted(BACKENDS)}")
-    _check_float64_limits(path, meta["backend"], meta["precision"], limits)
-    texts = [(name, v) for name, v in meta.items() if isinstance(v, str)] + [
-        (f"{name}.{k}", v) for name in ("versions", "numerics") for k, v in meta[name].items()] + [
-        (f"{name} (a key)", k) for name in ("versions", "numerics") for k in meta[name]] + [
-        (f"float64_limits.{k}", v) for k, v in limits.items()]
-    for name, text in texts:  # they are printed: one line each, of a readable length
-        if len(text) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in text):
-            raise RecordError(f"{path}: metadata.{name}: expected one line of at most {MAX_TEXT:,} characters, "
-                              f"got {json.dumps(text)[:60]}")
+    """The metadata against its schema (MetadataJSON), then what a field's type cannot say."""
+    schema.check(MetadataJSON, meta, source=str(path), root="metadata", error=RecordError)
+    _check_float64_limits(path, meta["backend"], meta["precision"], meta.get("float64_limits", {}))
 
 
 def _check_float64_limits(path: Path, backend: str, precision: str, limits: dict) -> None:
@@ -196,12 +194,7 @@ def record_memory(spec: NetSpec, cases: Cases, precision: str) -> int:
 
 
 def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
-    where = f"{path}: metadata.variants.{name}"
-    if not isinstance(info, dict):
-        raise RecordError(f"{where}: expected an object, got {_json_type(info)}")
-    keys = {"spec", "layer_shapes", "param_count"}
-    if set(info) != keys:
-        raise RecordError(f"{where}: fields {sorted(info)}, expected {sorted(keys)}")
+    where = f"{path}: metadata.variants.{name}"  # its fields' types were checked with the metadata's
     try:
         spec = NetSpec.from_dict(info["spec"], source=f"{where}.spec")
     except SpecError as e:
@@ -213,13 +206,6 @@ def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
         calc.check_memory(record_memory(spec, cases, "fp64"), what=f"{where}.spec: its float64 reference")
     except calc.CostError as e:
         raise RecordError(str(e)) from None
-    shapes = info["layer_shapes"]
-    if not (isinstance(shapes, list) and all(isinstance(s, list) and all(
-            isinstance(d, int) and not isinstance(d, bool) for d in s) for s in shapes)):
-        raise RecordError(f"{where}.layer_shapes: expected a list of lists of integers, got {json.dumps(shapes)[:60]}")
-    count = info["param_count"]
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise RecordError(f"{where}.param_count: expected a non-negative integer, got {count!r}")
     return spec
 
 
@@ -295,10 +281,5 @@ def read_record(path) -> Record:
         raise RecordError(f"{path}: metadata.variants is empty: the record checks nothing")
     specs = {name: _check_variant(path, name, info, cases) for name, info in meta["variants"].items()}
     resumed = meta.get("resumed_from")
-    if resumed is not None and not (isinstance(resumed, dict) and all(
-            isinstance(resumed.get(k), str) for k in ("backend", "hyperparameters", "running_variance", "record"))
-            and isinstance(resumed.get("float64_limits", {}), dict)):
-        raise RecordError(f"{path}: metadata.resumed_from: expected an object with backend, hyperparameters, "
-                          f"running_variance and record (strings), got {json.dumps(resumed)[:80]}")
     _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], resumed=resumed is not None)
     return Record(path, meta, tensors, cases, specs)

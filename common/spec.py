@@ -13,7 +13,9 @@ The layer kinds are the five the chapter's code uses:
 Every backend's `build(spec)` loops over `spec.layers` and writes its framework's own code.
 `walk(spec)` is the one loop that follows the sizes through a spec: validation, the calculator
 and the reference read the network through it. A spec that cannot work is rejected with one
-message that names the field (`layers[3].padding`) or the layer and its sizes.
+message that names the field (`layers[3].padding`) or the layer and its sizes. JSON is checked
+first against the pydantic models SpecJSON and its layers' (below; common/schema.py words their
+errors), then built and followed through its sizes as a spec written in Python is.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, Strict
+
+from . import schema
 
 # Bounds on what a spec may ask for: a spec is input, and input must not ask for days of work.
 MAX_SIZE = 4096  # input height / width
@@ -146,35 +153,14 @@ class NetSpec:
 
     @classmethod
     def from_dict(cls, data, source: str = "spec") -> NetSpec:
-        """Check every field's type and range first (the message names the field's path), then the sizes."""
-        _check_type(data, dict, source, "a JSON object (the spec)")
-        known = [f.name for f in dataclasses.fields(cls)]
-        _check_keys(data, known, ["name", "input_shape", "num_classes", "layers"], source=source, where="")
-        kwargs = {"name": _name(data["name"], f"{source}: name")}
-        shape = data["input_shape"]
-        if not (isinstance(shape, list) and len(shape) == 3):
-            raise SpecError(f"{source}: input_shape: expected [C, H, W], got {_show(shape)}")
-        kwargs["input_shape"] = tuple(_integer(v, f"{source}: input_shape[{i}]", 1, MAX_SIZE if i else MAX_CHANNELS)
-                                      for i, v in enumerate(shape))
-        kwargs["num_classes"] = _integer(data["num_classes"], f"{source}: num_classes", 1, MAX_CHANNELS)
-        layers = data["layers"]
-        _check_type(layers, list, f"{source}: layers", "a list of layer objects")
-        if len(layers) > MAX_LAYERS:
-            raise SpecError(f"{source}: layers: {len(layers)} layers, at most {MAX_LAYERS} are allowed")
-        kwargs["layers"] = tuple(_layer_from_dict(d, f"{source}: layers[{i}]") for i, d in enumerate(layers))
-        if "init" in data:
-            init = _string(data["init"], f"{source}: init")
-            if init not in INITS:
-                raise SpecError(f"{source}: init: expected one of {list(INITS)}, got {init!r}")
-            kwargs["init"] = init
-        if "init_std" in data:
-            kwargs["init_std"] = _number(data["init_std"], f"{source}: init_std", 0.0, 10.0, low_open=True)
-        if "bn_eps" in data:
-            kwargs["bn_eps"] = _number(data["bn_eps"], f"{source}: bn_eps", 0.0, 1.0, low_open=True)
-        if "bn_momentum" in data:
-            kwargs["bn_momentum"] = _number(data["bn_momentum"], f"{source}: bn_momentum", 0.0, 1.0)
+        """Check the JSON against its schema first (SpecJSON: every field's type and range, the message
+        names the field's path), then build the spec, which follows the sizes (validate)."""
+        fields = schema.check(SpecJSON, data, source=source, error=SpecError, tags=LAYER_TYPES).model_dump(
+            exclude_unset=True)  # a field left out takes the dataclass's default
+        fields["input_shape"] = tuple(fields["input_shape"])
+        fields["layers"] = tuple(_layer(layer) for layer in fields["layers"])
         try:
-            return cls(**kwargs)
+            return cls(**fields)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
 
@@ -206,7 +192,97 @@ def _fields(layer: Layer) -> dict:
     return d
 
 
-# --- the schema: types and ranges, with the field's path in every message --------------------
+# --- the schema of a spec's JSON: pydantic models (common/schema.py words their errors) ----------
+def _good_name(value) -> bool:
+    """A spec's name names files (caches, records' tensors) and table columns: letters, digits, . _ + -."""
+    return (isinstance(value, str) and 0 < len(value) <= 100 and not value.startswith(".")
+            and set(value) <= NAME_CHARACTERS)
+
+
+NAME_WORDS = "a non-empty string of at most 100 letters, digits and . _ + - (not first a dot)"
+
+
+def _at_most(limit: int, words: Callable[[int], str]) -> BeforeValidator:
+    """A list refused by its length alone, before its entries are read (a spec is input: it must not ask
+    for minutes of checking)."""
+    def count(value):
+        if isinstance(value, list) and len(value) > limit:
+            raise schema.MessageError(words(len(value)))
+        return value
+    return BeforeValidator(count)
+
+
+NAME = schema.expect(Annotated[str, Strict()], NAME_WORDS, accept=lambda v: not isinstance(v, str) or _good_name(v))
+CHANNELS = schema.integer(1, MAX_CHANNELS)
+SIZE = schema.integer(1, MAX_SIZE)
+KERNEL = schema.integer(1, MAX_KERNEL)
+PADDING = schema.integer(0, MAX_KERNEL)
+SHAPE = schema.expect(Annotated[tuple[CHANNELS, SIZE, SIZE], Strict(False)], "[C, H, W]",
+                      accept=lambda v: isinstance(v, list) and len(v) == 3)
+MLP = Annotated[schema.expect(list[CHANNELS], "a list of channel counts"), _at_most(
+    MAX_CONVS - 1, lambda n: f"{n:,} 1x1 convs; a network may have at most {MAX_CONVS} convs")]
+
+
+class NiNBlockJSON(schema.Schema):
+    type: Literal["nin_block"]
+    out_channels: CHANNELS
+    kernel_size: KERNEL
+    stride: SIZE
+    padding: PADDING
+    mlp: MLP
+    batch_norm: schema.BOOLEAN = None  # None here: absent, the dataclass's default
+    relu_last: schema.BOOLEAN = None
+
+
+class MaxPoolJSON(schema.Schema):
+    type: Literal["max_pool"]
+    kernel_size: KERNEL
+    stride: SIZE
+    padding: PADDING = None
+
+
+class DropoutJSON(schema.Schema):
+    type: Literal["dropout"]
+    rate: schema.number(0.0, 1.0, high_open=True)
+
+
+class GlobalAvgPoolJSON(schema.Schema):
+    type: Literal["global_avg_pool"]
+
+
+class FlattenJSON(schema.Schema):
+    type: Literal["flatten"]
+
+
+LAYER = schema.expect(Annotated[NiNBlockJSON | MaxPoolJSON | DropoutJSON | GlobalAvgPoolJSON | FlattenJSON,
+                                Field(discriminator="type")],
+                      "an object with a 'type'", accept=lambda v: isinstance(v, dict) and "type" in v)
+
+
+class SpecJSON(schema.Schema):
+    """A spec as JSON (NetSpec.to_dict's form); the bounds are MAX_* above."""
+    expected: ClassVar[str] = "a JSON object (the spec)"
+    name: NAME
+    input_shape: SHAPE
+    num_classes: CHANNELS
+    layers: Annotated[schema.expect(list[LAYER], "a list of layer objects"), _at_most(
+        MAX_LAYERS, lambda n: f"{n} layers, at most {MAX_LAYERS} are allowed")]
+    init: schema.one_of(INITS) = None
+    init_std: schema.number(0.0, 10.0, low_open=True) = None
+    bn_eps: schema.number(0.0, 1.0, low_open=True) = None
+    bn_momentum: schema.number(0.0, 1.0) = None
+
+
+def _layer(fields: dict) -> Layer:
+    """A layer's dataclass from its checked JSON fields."""
+    fields = dict(fields)
+    kind = fields.pop("type")
+    if "mlp" in fields:
+        fields["mlp"] = tuple(fields["mlp"])
+    return LAYER_TYPES[kind](**fields)
+
+
+# --- reading JSON ----------------------------------------------------------------------------
 def _unique_keys(pairs: list) -> dict:
     seen = {}
     for k, v in pairs:
@@ -241,100 +317,6 @@ def finite(value) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
-
-
-def _show(value) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str, bool, type(None))) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_type(value, kind: type, where: str, expected: str) -> None:
-    if not isinstance(value, kind):
-        raise SpecError(f"{where}: expected {expected}, got {_show(value)}")
-
-
-def _check_keys(data: dict, known: list[str], required: list[str], *, source: str, where: str) -> None:
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        raise SpecError(f"{source}: {where}unknown field(s) {unknown}; expected some of {known}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise SpecError(f"{source}: {where}missing field(s) {missing}")
-
-
-def _string(value, where: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 100:
-        raise SpecError(f"{where}: expected a non-empty string of at most 100 characters, got {_show(value)}")
-    return value
-
-
-def _name(value, where: str) -> str:
-    """A spec's name names files (caches, records' tensors) and table columns: letters, digits, . _ + -."""
-    value = _string(value, where)
-    bad = sorted(set(value) - NAME_CHARACTERS)
-    if bad or value.startswith("."):
-        raise SpecError(f"{where}: expected letters, digits and . _ + - only (not first a dot), got {_show(value)}")
-    return value
-
-
-def _integer(value, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{where}: expected an integer from {low} to {high}, got {_show(value)}")
-    return value
-
-
-def _number(value, where: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
-    ok = finite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise SpecError(f"{where}: expected a number in {interval}, got {_show(value)}")
-    return float(value)
-
-
-def _boolean(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"{where}: expected true or false, got {_show(value)}")
-    return value
-
-
-def _layer_from_dict(d, where: str) -> Layer:
-    if not isinstance(d, dict) or "type" not in d:
-        raise SpecError(f"{where}: expected an object with a 'type', got {_show(d)}")
-    kind = d["type"]
-    if not isinstance(kind, str) or kind not in LAYER_TYPES:
-        raise SpecError(f"{where}.type: expected one of {sorted(LAYER_TYPES)}, got {_show(kind)}")
-    cls = LAYER_TYPES[kind]
-    fields = dataclasses.fields(cls)
-    names = [f.name for f in fields]
-    required = [f.name for f in fields if f.default is dataclasses.MISSING]
-    unknown = [k for k in d if k != "type" and k not in names]
-    if unknown:
-        raise SpecError(f"{where} ({kind}): unknown field(s) {unknown}; expected {names}")
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise SpecError(f"{where} ({kind}): missing field(s) {missing}")
-    args = {}
-    for name in names:
-        if name not in d:
-            continue
-        value, at = d[name], f"{where}.{name}"
-        if name == "mlp":
-            _check_type(value, list, at, "a list of channel counts")
-            if len(value) >= MAX_CONVS:  # before its entries are read: the check costs nothing
-                raise SpecError(f"{at}: {len(value):,} 1x1 convs; a network may have at most {MAX_CONVS} convs")
-            args[name] = tuple(_integer(c, f"{at}[{i}]", 1, MAX_CHANNELS) for i, c in enumerate(value))
-        elif name in ("batch_norm", "relu_last"):
-            args[name] = _boolean(value, at)
-        elif name == "rate":
-            args[name] = _number(value, at, 0.0, 1.0, high_open=True)
-        elif name == "padding":
-            args[name] = _integer(value, at, 0, MAX_KERNEL)
-        elif name == "out_channels":
-            args[name] = _integer(value, at, 1, MAX_CHANNELS)
-        else:  # kernel_size, stride
-            args[name] = _integer(value, at, 1, MAX_KERNEL if name == "kernel_size" else MAX_SIZE)
-    return cls(**args)
 
 
 # --- the one walk through a spec's sizes -------------------------------------------------------
@@ -447,7 +429,8 @@ def validate(spec: NetSpec) -> None:
     first thing that cannot work."""
     if not isinstance(spec.name, str) or not spec.name:
         raise SpecError(f"name must be a non-empty string, got {spec.name!r}")
-    _name(spec.name, "name")
+    if not _good_name(spec.name):
+        raise SpecError(f"name: expected {NAME_WORDS}, got {spec.name!r}")
     if len(spec.input_shape) != 3:
         raise SpecError(f"{spec.name}: input_shape must be (C, H, W), got {spec.input_shape!r}")
     c, h, w = spec.input_shape

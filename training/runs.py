@@ -13,7 +13,10 @@
     RUN/curves.png              `nin plot RUN` (loss and accuracy per epoch)
 
 A file that cannot be read, or says something impossible, is a RunError naming the file, the line
-or the field, and what was expected.
+or the field, and what was expected. The fields of each file are pydantic models (HeaderJSON,
+EpochJSON, CheckpointJSON, LrFindJSON and SettingsJSON below; common/schema.py words their errors);
+what a field's type cannot say (the order of epochs, the checksum, the settings' ranges, given by
+training/recipe.py with their flags) is checked here in code.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import stat
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from pydantic import StrictFloat, StrictInt, create_model
 
+from common import schema
 from common import spec as specs
 from common.fsio import atomic_path, atomic_write_text
 
@@ -38,10 +43,6 @@ METRICS_FORMAT = "nin-training-metrics/1"
 CHECKPOINT_FORMAT = "nin-training-checkpoint/1"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
-HEADER_FIELDS = {"format": str, "backend": str, "variant": str, "device": str, "device_name": str,
-                 "versions": dict, "settings": dict, "command": str, "created": str}
-EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                "test_zero_logits", "images_per_second", "train_seconds", "wall_seconds")
 MAX_METRICS_BYTES = 64 * 2**20
 
 
@@ -49,16 +50,106 @@ class RunError(ValueError):
     """A run directory, metrics file or checkpoint that cannot be used; the message names which."""
 
 
+# --- the schema of a run's files --------------------------------------------------------------
+# Settings as JSON: every field of recipe.Settings, of its type; their ranges are Settings' own (with
+# the flag that sets each, as the command line says them).
+SettingsJSON = create_model("SettingsJSON", __base__=schema.Schema, **{
+    f.name: ({"str": schema.STRING, "int": schema.INTEGER, "float": schema.NUMBER}[f.type],
+             ... if f.default is MISSING else None) for f in fields(Settings)})
+
+
+def _fraction(value) -> bool:
+    """In [0, 1], or not a finite number: NaN is an epoch not tested (--eval-every); an integer past
+    any float is named by _check_epoch."""
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or not specs.finite(value) or 0 <= value <= 1
+
+
+FRACTION = schema.expect(StrictInt | StrictFloat, "a number in [0, 1] (or NaN: not tested)", accept=_fraction,
+                         whole=True)
+
+
+class EpochJSON(schema.Schema):
+    """One epoch's line of the metrics (and one of a checkpoint's records): numbers, NaN and inf allowed."""
+    type: schema.one_of(["epoch"])
+    epoch: schema.integer(1)
+    step: schema.NUMBER
+    lr: schema.NUMBER
+    train_loss: schema.NUMBER
+    train_accuracy: FRACTION
+    test_loss: schema.NUMBER
+    test_accuracy: FRACTION
+    test_zero_logits: FRACTION
+    images_per_second: schema.NUMBER
+    train_seconds: schema.NUMBER
+    wall_seconds: schema.NUMBER
+
+
+EPOCH_FIELDS = tuple(name for name in EpochJSON.model_fields if name != "type")
+STRINGS = schema.expect(dict[str, str], "an object of strings")
+
+
+class HeaderJSON(schema.Schema):
+    """The first line of the metrics (training/worker.py writes it); the fields after `created` are optional."""
+    type: schema.one_of(["header"])
+    format: schema.one_of([METRICS_FORMAT])
+    backend: schema.STRING
+    variant: schema.STRING
+    device: schema.STRING
+    device_name: schema.STRING
+    versions: STRINGS
+    settings: SettingsJSON
+    command: schema.STRING
+    created: schema.STRING
+    framework: schema.STRING = None  # None here: absent
+    numerics: STRINGS = None
+    train_images: schema.integer(0) = None
+    test_images: schema.integer(0) = None
+    steps_per_epoch: schema.integer(0) = None
+    python: schema.STRING = None
+    host: schema.STRING = None
+    platform: schema.STRING = None
+
+
+class CheckpointJSON(schema.Schema):
+    """A checkpoint's metadata (write_checkpoint)."""
+    format: schema.one_of([CHECKPOINT_FORMAT])
+    backend: schema.STRING
+    settings: SettingsJSON
+    epoch: schema.integer(0)
+    step: schema.integer(0)
+    rng: schema.OBJECT
+    records: schema.expect(list[EpochJSON], "a list of epoch records")
+    sha256: schema.STRING
+
+
+class LrFindJSON(schema.Schema):
+    """A range test's lr_find.json (training/worker.py lr_find)."""
+    expected: ClassVar[str] = "a JSON object (a range test's result)"
+    backend: schema.STRING
+    variant: schema.STRING
+    device: schema.STRING
+    device_name: schema.STRING
+    stopped: schema.STRING
+    settings: SettingsJSON
+    versions: STRINGS
+    lrs: schema.expect(list[schema.NUMBER], "a list of numbers")
+    losses: schema.expect(list[schema.NUMBER], "a list of numbers")
+    format: schema.STRING = None  # None here: absent
+    numerics: STRINGS = None
+    min_lr: schema.NUMBER = None
+    max_lr: schema.NUMBER = None
+    steps: schema.INTEGER = None
+    created: schema.STRING = None
+    command: schema.STRING = None
+
+
+def _check(model, data, source: str, root: str = "") -> None:
+    schema.check(model, data, source=source, root=root, error=RunError)
+
+
 def settings_from(data, source: str) -> Settings:
-    """Settings from a header's or checkpoint's JSON, every field checked."""
-    if not isinstance(data, dict):
-        raise RunError(f"{source}: settings: expected an object, got {type(data).__name__}")
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RunError(f"{source}: settings: unknown field(s) {unknown}")
-    if "backend" not in data:
-        raise RunError(f"{source}: settings: missing field 'backend'")
+    """Settings from a header's or checkpoint's JSON: its fields (SettingsJSON), then their ranges."""
+    _check(SettingsJSON, data, source, "settings")
     try:
         return Settings(**data)
     except SettingsError as e:
@@ -107,19 +198,12 @@ def write_metrics(run: Path, lines: list[dict]) -> Path:
 
 
 def _check_epoch(line: dict, where: str) -> None:
+    """An epoch's fields (EpochJSON), then integers past any float (NumPy could not even compare them)."""
+    _check(EpochJSON, line, where)
     for key in EPOCH_FIELDS:
-        if key not in line:
-            raise RunError(f"{where}: epoch record lacks field {key!r}")
         v = line[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RunError(f"{where}: {key}: expected a number, got {_short(v)}")
         if isinstance(v, int) and not specs.finite(v):  # NaN and inf are allowed (a skipped test is NaN)
             raise RunError(f"{where}: {key}: an integer of {len(str(abs(v)))} digits, past any value it can have")
-    if not isinstance(line["epoch"], int) or line["epoch"] < 1:
-        raise RunError(f"{where}: epoch: expected an integer >= 1, got {line['epoch']!r}")
-    for key in ("train_accuracy", "test_accuracy", "test_zero_logits"):
-        if math.isfinite(line[key]) and not 0 <= line[key] <= 1:
-            raise RunError(f"{where}: {key}: expected a fraction in [0, 1], got {line[key]!r}")
 
 
 def read_metrics(path: str | Path) -> tuple[dict, list[dict], list[dict]]:
@@ -148,11 +232,7 @@ def read_metrics(path: str | Path) -> tuple[dict, list[dict], list[dict]]:
         if number == 1 or header is None:
             if line["type"] != "header":
                 raise RunError(f"{where}: the first line must be the header (type 'header'), got {line['type']!r}")
-            for key, kind in HEADER_FIELDS.items():
-                if not isinstance(line.get(key), kind):
-                    raise RunError(f"{where}: header field {key!r}: expected {kind.__name__}, got {line.get(key)!r}")
-            if line["format"] != METRICS_FORMAT:
-                raise RunError(f"{where}: format {line['format']!r}, expected {METRICS_FORMAT!r}")
+            _check(HeaderJSON, line, where)
             settings_from(line["settings"], where)
             header = line
         elif line["type"] == "epoch":
@@ -194,10 +274,6 @@ def write_checkpoint(run: Path, *, weights: dict, optimizer: dict, meta: dict) -
     return path
 
 
-CHECKPOINT_FIELDS = {"format": str, "backend": str, "settings": dict, "epoch": int, "step": int, "rng": dict,
-                     "records": list, "sha256": str}
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     """(weights, optimizer state, metadata) of a checkpoint, checked against its own sha256."""
     from safetensors import SafetensorError, safe_open
@@ -217,13 +293,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     if not meta_text:
         raise RunError(f"{path}: a safetensors file without checkpoint metadata; not written by `nin train`")
     meta = loads(meta_text, f"{path}: checkpoint metadata")
-    if not isinstance(meta, dict):
-        raise RunError(f"{path}: checkpoint metadata: expected an object")
-    for key, kind in CHECKPOINT_FIELDS.items():
-        if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta.get(key), bool)):
-            raise RunError(f"{path}: checkpoint field {key!r}: expected {kind.__name__}, got {meta.get(key)!r}")
-    if meta["format"] != CHECKPOINT_FORMAT:
-        raise RunError(f"{path}: format {meta['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+    _check(CheckpointJSON, meta, str(path), "checkpoint")
     digest = _digest(tensors)
     if digest != meta["sha256"]:
         raise RunError(f"{path}: the tensors' sha256 is {digest[:16]}..., the checkpoint says "
@@ -235,9 +305,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     if len(meta["records"]) != meta["epoch"]:
         raise RunError(f"{path}: holds {len(meta['records'])} epoch records for {meta['epoch']} epochs done")
     for i, record in enumerate(meta["records"]):
-        if not isinstance(record, dict):
-            raise RunError(f"{path}: records[{i}]: expected an object")
-        _check_epoch(record, f"{path}: records[{i}]")
+        _check_epoch(record, f"{path}: checkpoint.records[{i}]")
     weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
     optimizer = {k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")}
     if len(weights) + len(optimizer) != len(tensors):
@@ -280,23 +348,13 @@ def read_lr_find(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     result = loads(text, str(path))
-    if not isinstance(result, dict):
-        raise RunError(f"{path}: expected a JSON object (a range test's result)")
-    for key, kind in (("backend", str), ("variant", str), ("device", str), ("device_name", str), ("stopped", str),
-                      ("settings", dict), ("versions", dict), ("lrs", list), ("losses", list)):
-        if not isinstance(result.get(key), kind):
-            raise RunError(f"{path}: {key}: expected {kind.__name__}, got {_short(result.get(key))}")
+    _check(LrFindJSON, result, str(path))
     settings_from(result["settings"], str(path))
     lrs, losses = result["lrs"], result["losses"]
     numbers = all(isinstance(v, float) or specs.finite(v) for v in lrs + losses)
     if not (numbers and len(lrs) == len(losses) and lrs and all(specs.finite(v) and v > 0 for v in lrs)):
         raise RunError(f"{path}: lrs and losses: expected as many numbers of each, the rates finite and > 0")
     return result
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def final_accuracy(run: str | Path) -> float:
