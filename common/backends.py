@@ -229,7 +229,24 @@ class BenchModule(Protocol):
         """The device's matmul TFLOP/s per precision as the framework reaches them, or None where not measured."""
 
 
-CONTRACT: dict[str, type] = {"model": ModelModule, "train": TrainModule, "loop": LoopModule, "bench": BenchModule}
+class DistributedModule(Protocol):
+    """distributed.py: data parallelism on the framework's own engine (the data-parallel case, docs/distributed.md)."""
+
+    ENGINE: str  # the framework's data-parallel engine, as records and docs name it
+    SYNC_BATCH_NORM: str  # its synchronised batch norm, as its users write it ("" where it has none)
+    DEFAULT_BATCH_NORM: str  # batch statistics under the engine by default: "global" or "per replica"
+
+    def simulate_devices(self, count: int) -> dict:
+        """Make a CPU show `count` devices to the framework, before it starts computing; what was set."""
+
+    def data_parallel_run(self, spec: Any, weights: dict, batches: list, lrs: Any, *, devices: int, momentum: float,
+                          weight_decay: float, device: str, precision: str, sync_batch_norm: bool) -> tuple:
+        """Train from canonical weights on global (images, labels) batches, each split over `devices` replicas
+        by the engine: (global mean loss of every step, final canonical weights and running statistics)."""
+
+
+CONTRACT: dict[str, type] = {"model": ModelModule, "train": TrainModule, "loop": LoopModule, "bench": BenchModule,
+                             "distributed": DistributedModule}
 
 
 def packages() -> list[str]:

@@ -69,14 +69,15 @@ class SuiteSGD(mx.optimizer.Optimizer):
 
 
 def make_optimizer(model: nn.Block, lrs: np.ndarray, *, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> gluon.Trainer:
+                   weight_decay: float = 0.0, kvstore: str | None = None) -> gluon.Trainer:
     """A gluon.Trainer over every parameter with SuiteSGD, whose rate at step t is lrs[t] (TableSchedule
     reads it at num_update; Trainer.set_learning_rate refuses an optimizer with a scheduler, so nothing
     else sets it). Weight decay applies to every trainable parameter (wd_mult 1: conv weights, biases,
     batch-norm gamma and beta); the running statistics have grad_req 'null' and no update. One device:
-    no kvstore, the updates and their momentum states live in the Trainer's updater."""
+    no kvstore, the updates and their momentum states live in the Trainer's updater. Several contexts
+    (distributed.py): a kvstore sums their gradients, and each context updates its copy alike."""
     optimizer = SuiteSGD(momentum=momentum, wd=weight_decay, lr_scheduler=TableSchedule(lrs))
-    return gluon.Trainer(model.collect_params(), optimizer, kvstore=None)
+    return gluon.Trainer(model.collect_params(), optimizer, kvstore=kvstore, update_on_kvstore=False)
 
 
 def _batch(model: nn.Block, images: np.ndarray, labels: np.ndarray):

@@ -18,6 +18,7 @@ PACKAGES = backends.packages()  # every registered backend package: none escapes
 EXTRAS = {
     ("nin_jax", "nin_block"): {"rngs", "dtype", "param_dtype"},  # Flax modules take their RNG streams and dtypes
     ("nin_jax", "build"): {"compute_dtype"},  # Flax's mixed precision: compute dtype apart from parameters
+    ("nin_mxnet", "make_optimizer"): {"kvstore"},  # Gluon's Trainer reduces the contexts' gradients in a kvstore
 }
 
 
