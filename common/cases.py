@@ -102,6 +102,10 @@ PROBE = NetSpec(
         GlobalAvgPool(), Flatten()),
     bn_momentum=0.875, bn_eps=2.0 ** -16)
 PROBE_CASES = Cases(steps=4, momentum_steps=3, lr=0.0625, momentum=0.875, weight_decay=2.0 ** -10)
+# The quick tier's data-parallel case without batch norm: on one device or N, the same computation
+# (PROBE's batch norm is the synchronised case; PyTorch's SyncBatchNorm needs GPUs).
+DATA_PARALLEL_PROBE = dataclasses.replace(PROBE, name="data-parallel-probe", layers=tuple(
+    dataclasses.replace(layer, batch_norm=False) if isinstance(layer, NiNBlock) else layer for layer in PROBE.layers))
 
 DROPOUT_PROBE = (16, 1024)  # batch, units: 16384 draws put the dropped fraction within 0.02 of p at 5 sigma
 
@@ -158,6 +162,13 @@ def training_batches(spec, cases: Cases, data_dir=None) -> TrainingData:
     tx, ty = data.load("test", data_dir)
     n, m = cases.scheduled_images, cases.test_images
     return TrainingData(batches, x[:n].copy(), y[:n].astype(np.int32), tx[:m].copy(), ty[:m].astype(np.int32))
+
+
+def constant_rate_runs(cases: Cases) -> tuple[tuple[str, int, dict], ...]:
+    """The constant-rate training cases, as (key prefix, steps, SGD settings): plain SGD, then momentum
+    with weight decay. The reference, every record and the data-parallel case run exactly these."""
+    return (("", cases.steps, {"momentum": 0.0, "weight_decay": 0.0}),
+            ("momentum/", cases.momentum_steps, {"momentum": cases.momentum, "weight_decay": cases.weight_decay}))
 
 
 def scheduled_lrs(cases: Cases) -> np.ndarray:
@@ -242,12 +253,9 @@ def compute(spec, cases: Cases, training: TrainingData, *, rounding: reference.R
     out["loss"] = np.array([loss])
     out.update({f"grad/{k}": v for k, v in grads.items()})
     init = weights.init(spec, cases.init_seed)
-    batches = training.batches
-    runs = (("", batches[:cases.steps], {}),
-            ("momentum/", batches[:cases.momentum_steps], {"momentum": cases.momentum,
-                                                            "weight_decay": cases.weight_decay}))
-    for prefix, run, sgd in runs:
-        losses, final = reference.train_trajectory(spec, init, run, lr=cases.lr, rounding=rounding, **sgd)
+    for prefix, steps, sgd in constant_rate_runs(cases):
+        losses, final = reference.train_trajectory(spec, init, training.batches[:steps], lr=cases.lr,
+                                                   rounding=rounding, **sgd)
         out[f"{prefix}trajectory"] = losses
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
         if not prefix:

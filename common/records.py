@@ -47,6 +47,8 @@ DECLARED_FLOAT64_LIMITS = {"mxnet": (), "torch": (), "keras-tf": (), "jax": (), 
                            "keras-torch": ("all",)}
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
 MAX_WORK = 10 ** 13  # multiply-adds: ~90 times the d2l variant's cases (1.1e11), minutes rather than days
+MAX_DEVICES = 1024  # replicas of a data-parallel record: more than any machine this suite is run on
+BATCH_NORMS = ("global", "per replica")  # a data-parallel run's batch statistics: the global batch's, or each shard's
 MAX_TEXT = 10_000  # characters in one metadata string (the command line is the longest)
 TEXT = schema.text(MAX_TEXT)  # printed: one line each, of a readable length
 
@@ -64,6 +66,13 @@ class ResumedFromJSON(schema.Schema):
     running_variance: TEXT
     record: TEXT
     float64_limits: schema.expect(dict[TEXT, TEXT], "an object of strings") = None
+
+
+class DataParallelJSON(schema.Schema):
+    """How a data-parallel record's runs were split (conformance/distributed.py)."""
+    devices: schema.integer(2, MAX_DEVICES)
+    engine: TEXT
+    batch_norm: schema.one_of(BATCH_NORMS)
 
 
 class MetadataJSON(schema.Schema):
@@ -88,6 +97,7 @@ class MetadataJSON(schema.Schema):
     created: TEXT = None
     command: TEXT = None
     resumed_from: ResumedFromJSON = None
+    data_parallel: DataParallelJSON = None
 
 
 REQUIRED = tuple(name for name, field in MetadataJSON.model_fields.items() if field.is_required())
@@ -123,21 +133,25 @@ def write_record(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -
     return Path(path)
 
 
-def expected_tensors(spec: NetSpec, cases: Cases, *, resumed: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor a record holds for one variant, by key (without the variant) and shape; resumed:
-    a resume record's (another backend's checkpoint, continued: `nin record --resume-from`)."""
+def expected_tensors(spec: NetSpec, cases: Cases, *, kind: str = "full") -> dict[str, tuple[int, ...]]:
+    """Every tensor a record holds for one variant, by key (without the variant) and shape. kind: "full";
+    "resumed", a resume record's (another backend's checkpoint, continued: `nin record --resume-from`);
+    "data_parallel", a data-parallel record's (the constant-rate runs only: conformance/distributed.py)."""
     shapes = calc.param_shapes(spec)
     params = {k: v for k, v in shapes.items() if calc.is_trainable(k)}
     steps, epochs = scheduled_steps(cases), cases.scheduled_epochs
-    if resumed:
+    if kind == "resumed":
         out = {"resumed/trajectory": ((epochs - midpoint(cases)) * steps,), "resumed/eval": (epochs - midpoint(cases),)}
         out.update({f"resumed/{'final' if calc.is_trainable(k) else 'running'}/{k}": v for k, v in shapes.items()})
         return out
-    out = {"logits": (cases.batch, spec.num_classes), "loss": (1,), "trajectory": (cases.steps,),
-           "momentum/trajectory": (cases.momentum_steps,)}
-    for prefix in ("grad/", "final/", "momentum/final/"):
+    out = {"trajectory": (cases.steps,), "momentum/trajectory": (cases.momentum_steps,)}
+    for prefix in ("final/", "momentum/final/"):
         out.update({prefix + k: shape for k, shape in params.items()})
     out.update({f"running/{k}": shape for k, shape in shapes.items() if not calc.is_trainable(k)})
+    if kind == "data_parallel":
+        return out
+    out.update({"logits": (cases.batch, spec.num_classes), "loss": (1,)})
+    out.update({"grad/" + k: shape for k, shape in params.items()})
     out.update({"scheduled/trajectory": (epochs * steps,), "scheduled/eval": (epochs,),
                 "scheduled/checkpoint/step": (1,)})
     for k, shape in shapes.items():
@@ -209,10 +223,10 @@ def _check_variant(path: Path, name: str, info, cases: Cases) -> NetSpec:
     return spec
 
 
-def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, precision: str, resumed: bool) -> None:
+def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, precision: str, kind: str) -> None:
     dtype = DTYPES[precision]
     expected = {f"{v}/{k}": shape for v, spec in specs.items()
-                for k, shape in expected_tensors(spec, cases, resumed=resumed).items()}
+                for k, shape in expected_tensors(spec, cases, kind=kind).items()}
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise RecordError(f"{path}: tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} belong to no variant "
@@ -280,6 +294,8 @@ def read_record(path) -> Record:
     if not meta["variants"]:
         raise RecordError(f"{path}: metadata.variants is empty: the record checks nothing")
     specs = {name: _check_variant(path, name, info, cases) for name, info in meta["variants"].items()}
-    resumed = meta.get("resumed_from")
-    _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], resumed=resumed is not None)
+    kind = "resumed" if meta.get("resumed_from") else "data_parallel" if meta.get("data_parallel") else "full"
+    if kind == "resumed" and meta.get("data_parallel"):
+        raise RecordError(f"{path}: metadata has both resumed_from and data_parallel: a record is one case")
+    _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], kind=kind)
     return Record(path, meta, tensors, cases, specs)

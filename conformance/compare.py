@@ -8,7 +8,6 @@ checking nothing fails and says so.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from common import calc, errormodel, provenance, weights
 from common.cases import Cases, as_kernels_see, reference_results, resumed_view
 from common.records import Record, RecordError, read_record
 from common.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
+
+from .labels import copy_of, labels, versions_of
 
 
 @dataclass
@@ -218,36 +219,23 @@ def _resumed_rows(rec: Record, variant: str, label: str, *, refs: _References, v
     return rows
 
 
-def labels(recs: list[Record]) -> dict[int, str]:
-    """backend/compile, plus device and precision where the records differ in them, plus the file
-    name where two records would still read the same."""
-    differ = {k: len({r.meta[k] for r in recs}) > 1 for k in ("device", "precision")}
-    base = {}
-    for i, r in enumerate(recs):
-        source = r.meta.get("resumed_from")
-        text = f"{source['backend']}->{r.backend}/{r.meta['compile']}" if source else f"{r.backend}/{r.meta['compile']}"
-        extra = [r.meta[k] for k in ("device", "precision") if differ[k]]
-        base[i] = text + (f"@{'-'.join(extra)}" if extra else "")
-    counts = {t: list(base.values()).count(t) for t in base.values()}
-    out = {i: t if counts[t] == 1 else f"{t} ({recs[i].path.name})" for i, t in base.items()}
-    counts = {t: list(out.values()).count(t) for t in out.values()}
-    return {i: t if counts[t] == 1 else f"{base[i]} ({recs[i].path})" for i, t in out.items()}
-
-
-def versions_of(recs: list[Record], names: dict[int, str]) -> dict[str, dict]:
-    """The frameworks' versions the records name, by backend; by record label for the records of a
-    backend whose records name different versions (two versions of one framework compared)."""
-    by_backend: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        by_backend.setdefault(r.backend, []).append(i)
-    out = {}
-    for backend, held in by_backend.items():
-        seen = [dict(recs[i].meta.get("versions", {})) for i in held]
-        if all(v == seen[0] for v in seen):
-            out[backend] = seen[0]
-        else:
-            out.update({names[i]: v for i, v in zip(held, seen)})
-    return out
+def _data_parallel_rows(rec: Record, variant: str, label: str, *, reference: dict, values: dict, bounds: dict,
+                        why: str) -> list[Check]:
+    """A data-parallel record against the single-device reference on the same global batch, with the same
+    bounds: the constant-rate runs are all it holds. Per-replica batch statistics compute something else;
+    its rows fail, and say so (docs/distributed.md measures by how much)."""
+    dp = rec.meta["data_parallel"]
+    held = {k: v for k, v in reference.items() if k in values}
+    rows = check_values(variant, label, "reference", values=values, reference=held,
+                        bounds=for_convention(bounds, rec.meta["running_variance"]))
+    uses_bn = any(block.batch_norm for _, block in rec.specs[variant].blocks())
+    note = f"{dp['devices']} replicas, {dp['batch_norm']} batch norm" + (
+        ": each replica's statistics, not the global batch's" if uses_bn and dp["batch_norm"] == "per replica"
+        else "")
+    for row in rows:
+        row.path = str(rec.path)
+        row.detail = "; ".join(filter(None, [row.detail, note, why]))
+    return rows
 
 
 def _kind(rec: Record) -> tuple[str, str]:
@@ -260,23 +248,6 @@ def _variant_values(rec: Record, variant: str, init: dict) -> dict[str, np.ndarr
     prefix = variant + "/"
     own = {k[len(prefix):]: v for k, v in rec.tensors.items() if k.startswith(prefix)}
     return {k: np.asarray(v, dtype=np.float64) for k, v in as_updates(own, init).items()}
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _copy_of(path: Path, earlier: list[Path]) -> Path | None:
-    """An earlier record with the same bytes: a copy compared with itself checks nothing."""
-    try:
-        same_size = [q for q in earlier if q.stat().st_size == path.stat().st_size]
-        return next((q for q in same_size if _digest(q) == _digest(path)), None) if same_size else None
-    except OSError:
-        return None
 
 
 def _failed(label: str, detail: str, path="", variant="-") -> Check:
@@ -300,7 +271,7 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
         except RecordError as e:
             out.rows.append(_failed(label, str(e), p))
             continue
-        copy = _copy_of(resolved, [r.path.resolve() for r in recs])
+        copy = copy_of(resolved, [r.path.resolve() for r in recs])
         seen[resolved] = str(p)
         if copy is not None:
             out.rows.append(_failed(label, f"{p} has the same bytes as {seen[copy]}: a copy compared with itself "
@@ -346,6 +317,10 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             prec, why = held[i]
             if rec.meta.get("resumed_from"):  # the cross-framework resume case: against the reference only
                 out.rows += _resumed_rows(rec, variant, names[i], refs=refs, values=values[i], bounds=bounds[prec])
+                continue
+            if rec.meta.get("data_parallel"):  # the data-parallel case: against the reference only
+                out.rows += _data_parallel_rows(rec, variant, names[i], reference=reference_for(rec),
+                                                values=values[i], bounds=bounds[prec], why=why)
                 continue
             same_net.append(i)
             rows = check_values(variant, names[i], "reference", values=values[i], reference=reference_for(rec),

@@ -25,11 +25,13 @@ from common import calc, records, weights
 from common import spec as specs
 from common.backends import BackendError
 from common.cases import (
+    DATA_PARALLEL_PROBE,
     DROPOUT_PROBE,
     PROBE,
     PROBE_CASES,
     Cases,
     TrainingData,
+    constant_rate_runs,
     dropout_probe,
     dropout_rates,
     inputs,
@@ -44,7 +46,7 @@ from common.fsio import OutputError, check_writable
 from common.spec import SpecError
 from harness import processes
 
-DTYPES = {"fp32": "float32", "fp64": "float64", "fast": "float32"}
+DTYPES = records.DTYPES  # a precision -> the dtype its record holds
 
 
 class DeviceError(RuntimeError):
@@ -131,9 +133,7 @@ def compute_variant(model_mod, train_mod, loop_mod, spec, *, cases: Cases, data:
     out.update({f"grad/{k}": g for k, g in grads.items()})
 
     init = weights.init(spec, cases.init_seed)
-    for prefix, steps, sgd in (("", cases.steps, {}),
-                               ("momentum/", cases.momentum_steps, {"momentum": cases.momentum,
-                                                                    "weight_decay": cases.weight_decay})):
+    for prefix, steps, sgd in constant_rate_runs(cases):
         model = model_mod.build(nodrop, device=device, dtype=dtype, compiled=compiled)
         model_mod.load_weights(model, init)
         optimizer = train_mod.make_optimizer(model, np.full(steps, cases.lr), **sgd)  # a constant table
@@ -185,7 +185,15 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
                                        precision=precision, compile=compile)
         tensors.update({f"{spec.name}/{k}": v for k, v in values.items()})
         per_variant[spec.name] = info
-    meta = {
+    meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile=compile,
+                       numerics=numerics, cases=cases, variants=per_variant)
+    return records.write_record(out, tensors, meta)
+
+
+def record_meta(model_mod, train_mod, *, backend: str, device: str, precision: str, compile: str, numerics: dict,
+                cases: Cases, variants: dict) -> dict:
+    """A record's metadata: what made it (backend, versions, device, numerics, host, command) and what it holds."""
+    return {
         "format": records.FORMAT,
         "backend": backend,
         "framework": model_mod.FRAMEWORK,
@@ -199,14 +207,13 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
         "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
         "numerics": {k: str(v) for k, v in numerics.items()},
         "cases": asdict(cases),
-        "variants": per_variant,
+        "variants": variants,
         "python": platform.python_version(),
         "host": platform.node(),
         "platform": platform.platform(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
-    return records.write_record(out, tensors, meta)
 
 
 def make_resumed_record(backend: str, source: Path, *, device: str, precision: str, compile: str, out: Path,
@@ -232,20 +239,11 @@ def make_resumed_record(backend: str, source: Path, *, device: str, precision: s
                              data_dir), device=device, precision=precision, compile=compile)
         dtype = DTYPES[precision]
         tensors.update({f"{name}/{k}": np.asarray(v, dtype=dtype) for k, v in values.items()})
-    meta = {**{k: v for k, v in src.meta.items() if k in ("format", "cases", "variants")},
-            "backend": backend, "framework": model_mod.FRAMEWORK,
-            "versions": {k: str(v) for k, v in train_mod.versions().items()},
-            "device": device, "device_name": train_mod.device_name(device), "precision": precision,
-            "compile": compile, "running_variance": model_mod.RUNNING_VARIANCE,
-            "hyperparameters": model_mod.HYPERPARAMETERS,
-            "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
-            "numerics": {k: str(v) for k, v in numerics.items()},
-            "resumed_from": {"backend": src.backend, "hyperparameters": src.meta["hyperparameters"],
-                             "running_variance": src.meta["running_variance"], "record": str(source),
-                             "float64_limits": src.meta.get("float64_limits", {})},
-            "python": platform.python_version(), "host": platform.node(), "platform": platform.platform(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)}
+    meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile=compile,
+                       numerics=numerics, cases=src.cases, variants=src.meta["variants"])
+    meta["resumed_from"] = {"backend": src.backend, "hyperparameters": src.meta["hyperparameters"],
+                            "running_variance": src.meta["running_variance"], "record": str(source),
+                            "float64_limits": src.meta.get("float64_limits", {})}
     return records.write_record(out, tensors, meta)
 
 
@@ -255,11 +253,8 @@ def one_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status 0: written; 2: input that cannot work (a spec, the data, the output path, no GPU);
-    3: the framework is not installed here; 1: the backend failed; 128 + N: stopped by signal N.
-    Every failure ends with one line on stderr, the line `nin record` shows (NIN_TRACEBACK=1 adds
-    the traceback of an unexpected error). The record is written atomically: never half a file."""
+def _arguments(argv: list[str] | None):
+    """The worker's flags, checked together (argparse's one-line errors, exit status 2)."""
     p = argparse.ArgumentParser(prog="python -m conformance.record", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", required=True)
     p.add_argument("--variant", nargs="+", help="variant names or .json specs (or --quick)")
@@ -271,10 +266,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--resume-from", type=Path,
                    help="a record (another backend's) whose midpoint checkpoint this backend continues")
+    p.add_argument("--devices", type=int, default=1,
+                   help="replicas of the data-parallel case (conformance.distributed); 1: the full record")
+    p.add_argument("--sync-batch-norm", action="store_true",
+                   help="with --devices: the framework's synchronised batch norm instead of its default")
     args = p.parse_args(argv)
     if sum(map(bool, (args.quick, args.variant, args.resume_from))) != 1:
         p.error("give --variant, --quick or --resume-from, one of the three")
+    if not 1 <= args.devices <= records.MAX_DEVICES or (args.devices > 1 and args.resume_from):
+        p.error(f"--devices: expected 1 to {records.MAX_DEVICES} (without --resume-from), got {args.devices}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0: written; 2: input that cannot work (a spec, the data, the output path, no GPU);
+    3: the framework is not installed here, or cannot do what is asked here (torch's SyncBatchNorm on a
+    CPU); 1: the backend failed; 128 + N: stopped by signal N.
+    Every failure ends with one line on stderr, the line `nin record` shows (NIN_TRACEBACK=1 adds
+    the traceback of an unexpected error). The record is written atomically: never half a file."""
+    args = _arguments(argv)
     variants, cases = ([PROBE], PROBE_CASES) if args.quick else (args.variant, Cases())
+    if args.quick and args.devices > 1 and not args.sync_batch_norm:  # PROBE's batch norm is the synchronised case
+        variants = [DATA_PARALLEL_PROBE]
     progress = lambda m: print(f"  recording {m}", file=sys.stderr, flush=True)  # noqa: E731
     with processes.sigterm_unwinds():
         try:
@@ -283,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
                 return 3
             check_writable(args.out, "--out")
-            if args.resume_from:
+            if args.devices > 1:
+                from .distributed import make_record as make_data_parallel_record  # it builds on this module
+                out = make_data_parallel_record(args.backend, variants, devices=args.devices,
+                                                sync_batch_norm=args.sync_batch_norm, device=args.device,
+                                                precision=args.precision, out=args.out, cases=cases,
+                                                progress=progress)
+            elif args.resume_from:
                 out = make_resumed_record(args.backend, args.resume_from, device=args.device,
                                           precision=args.precision, compile=args.compile, out=args.out,
                                           progress=progress)
@@ -296,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         except (SpecError, DataError, OutputError, BackendError, DeviceError, records.RecordError) as e:
             print(one_line(e), file=sys.stderr)
             return 2
+        except NotImplementedError as e:  # what the framework cannot do here (torch's SyncBatchNorm on a CPU)
+            print(f"not available here: {one_line(e)}", file=sys.stderr)
+            return 3
         except Exception as e:  # one line for `nin record` to show; the traceback on request
             if os.environ.get("NIN_TRACEBACK"):
                 traceback.print_exc()

@@ -81,6 +81,7 @@ K = "tests/test_conformance.py::"
 B = "tests/test_bench.py::"
 M = "tests/test_mirror.py::"
 L = "tests/test_training.py::"
+D = "tests/test_distributed.py::"
 
 TOPICS: tuple[Topic, ...] = (
     Topic(
@@ -328,6 +329,28 @@ TOPICS: tuple[Topic, ...] = (
                  "optax state) and travels in the checkpoint with the weights, so a run killed mid-epoch resumes "
                  "to the same bits.",
                  evidence=(L + "test_a_run_killed_mid_epoch_resumes_bitwise",)),
+        ),
+    ),
+    Topic(
+        "distributed", "Data parallelism",
+        "The same global batch split over N replicas by each framework's own engine, the step and optimizer "
+        "those of one device; what it takes to equal one device, and where batch norm does not "
+        "(docs/distributed.md measures it).",
+        same(Cut("distributed.py", ("data_parallel_run",))),
+        (
+            Note("PyTorch and Keras on PyTorch start a process per replica and wrap the model in "
+                 "`DistributedDataParallel`, whose backward averages the gradients; Keras on TensorFlow runs "
+                 "`strategy.run` under `MirroredStrategy`; Gluon splits the batch with `split_and_load` and its "
+                 "`Trainer` reduces over the contexts; Flax and Keras on JAX only place the batch with a "
+                 "`NamedSharding` and let the compiler insert the all-reduce.",
+                 evidence=(D + "test_two_replicas_train_as_one_device_does",
+                           D + "test_planted_bugs_of_data_parallelism_are_caught")),
+            Note("Batch norm under data parallelism is per replica by default under DDP, `MirroredStrategy` and "
+                 "Gluon, and global under `jax.sharding`; the synchronised forms (`SyncBatchNorm`, GPUs only; "
+                 "`synchronized=True`, TensorFlow only; Gluon's contrib `SyncBatchNorm`, GPUs and float32 only) "
+                 "equal one device.",
+                 evidence=(D + "test_synchronised_batch_norm_is_the_global_batch_s",
+                           D + "test_per_replica_batch_norm_fails_the_matrix_and_says_why")),
         ),
     ),
     Topic(

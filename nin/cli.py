@@ -32,12 +32,13 @@ from common import backends, calc, records, tables
 from common import spec as specs
 from common.backends import BackendError
 from common.calc import CostError
-from common.cases import PROBE, PROBE_CASES, Cases
+from common.cases import DATA_PARALLEL_PROBE, PROBE, PROBE_CASES, Cases
 from common.data import DataError
 from common.fsio import OutputError, atomic_write_text, check_writable, exclusive, remove_stale_temporaries
 from common.records import RecordError
 from common.spec import SpecError
 from common.weights import WeightsError
+from conformance import distributed
 from harness import flags, processes
 from idioms import cli as idioms_cli
 from training import cli as training_cli
@@ -126,15 +127,18 @@ def _variants(args) -> list[str]:
 
 def run_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
                quiet: bool = False, timeout: float | None = None, quick: bool = False,
-               resume_from: Path | None = None) -> subprocess.CompletedProcess:
+               resume_from: Path | None = None, devices: int = 1,
+               sync_batch_norm: bool = False) -> subprocess.CompletedProcess:
     """Run conformance.record in the backend's own interpreter and environment (MXNet's is .venv-mxnet).
     Its exit status is the worker's (conformance.record.main), 124 after `timeout`; a timeout or an
     interruption asks the worker to stop and clean up first. Nothing it began is left behind.
     quick: the quick tier's case (common.cases.PROBE) instead of `variants`; resume_from: a resume record
-    of that record's variants (the cross-framework resume case)."""
+    of that record's variants (the cross-framework resume case); devices > 1: the data-parallel case on
+    that many replicas (conformance.distributed), with the synchronised batch norm if sync_batch_norm."""
     out = Path(out).resolve()
     what = (["--resume-from", str(Path(resume_from).resolve())] if resume_from else ["--quick"] if quick
             else ["--variant", *variants])
+    what += ["--devices", str(devices)] + (["--sync-batch-norm"] if sync_batch_norm else [])
     cmd = processes.worker_command(backend, "conformance.record", [
         "--backend", backend, "--device", device, "--precision", precision, "--compile", compile,
         "--out", str(out), *what])
@@ -147,15 +151,21 @@ def run_record(backend: str, variants: list[str], *, device: str, precision: str
     return r
 
 
-def record_name(backend: str, *, device: str, precision: str, compile: str) -> str:
+def record_name(backend: str, *, device: str, precision: str, compile: str, devices: int = 1,
+                sync_batch_norm: bool = False) -> str:
+    if devices > 1:  # the data-parallel case (records/data-parallel/)
+        return f"{backend}-{device}-{precision}-dp{devices}{'-syncbn' if sync_batch_norm else ''}.safetensors"
     return f"{backend}-{device}-{precision}-{compile}.safetensors"
 
 
 def cmd_record(args) -> int:
     variants = _variants(args)
-    folder = Path("records") / "quick" if args.quick else Path("records")
+    folder = Path("records") / ("quick" if args.quick else "data-parallel" if args.devices > 1 else "")
     out = Path(args.out or folder / record_name(args.backend, device=args.device, precision=args.precision,
-                                                compile=args.compile))
+                                                compile=args.compile, devices=args.devices,
+                                                sync_batch_norm=args.sync_batch_norm))
+    if args.sync_batch_norm and args.devices < 2:
+        raise UsageError(f"--sync-batch-norm: needs --devices 2 or more, got --devices {args.devices}")
     check_writable(out, "--out")
     _not_an_input(out, "--out", [v for v in variants if v.endswith(".json")])
     _recordable(args, variants, precisions=[args.precision])
@@ -163,7 +173,8 @@ def cmd_record(args) -> int:
                         variants=variants)
     with exclusive(out, "--out"):  # a second `nin record` to this file is refused while this one runs
         r = run_record(args.backend, variants, device=args.device, precision=args.precision, compile=args.compile,
-                       out=out, quiet=True, timeout=args.timeout, quick=args.quick)
+                       out=out, quiet=True, timeout=args.timeout, quick=args.quick, devices=args.devices,
+                       sync_batch_norm=args.sync_batch_norm)
     if r.returncode == 0:
         print(out)
         return 0
@@ -372,8 +383,9 @@ def _record_and_compare(args, variants: list[str], jobs: list[tuple]) -> int:
         print("nin conformance: no backend could be recorded", file=sys.stderr)
         return 1
     resumed, resume_failed = _resume_all(args, jobs, made)
-    failed += resume_failed
-    args.records = [str(p) for p in made + resumed]
+    parallel, parallel_failed = _data_parallel_all(args, variants, jobs, made)
+    failed += resume_failed + parallel_failed
+    args.records = [str(p) for p in made + resumed + parallel]
     status = _compare_and_write(args)
     return 1 if failed else status
 
@@ -417,6 +429,29 @@ def _resume_all(args, jobs: list[tuple], made: list[Path]) -> tuple[list[Path], 
                 print(f"skipped resuming {source} in {target}: {_last_line(r.stderr)}", file=sys.stderr)
             else:
                 failed.append(f"{target} {precision} resuming {source}: {_worker_failure(r)}")
+    return out, failed
+
+
+def _data_parallel_all(args, variants: list[str], jobs: list[tuple], made: list[Path]) -> tuple[list[Path], list[str]]:
+    """The data-parallel case (conformance.distributed.plan) of every backend recorded in fp64, one
+    record at a time: each one's replicas are processes or devices of their own; (made, failures)."""
+    recorded = list(dict.fromkeys(j[0] for j in jobs if j[1] == "fp64" and j[4] in made))
+    chosen = [DATA_PARALLEL_PROBE, PROBE] if args.quick else variants
+    out, failed = [], []
+    for name in recorded:
+        for devices, sync, held in distributed.plan(chosen, args.devices):
+            path = jobs[0][4].parent / "data-parallel" / record_name(name, device=args.device, precision="fp64",
+                                                                      compile="eager", devices=devices,
+                                                                      sync_batch_norm=sync)
+            r = run_record(name, [v for v in held if isinstance(v, str)], device=args.device, precision="fp64",
+                           compile="eager", out=path, quiet=True, timeout=args.timeout, quick=args.quick,
+                           devices=devices, sync_batch_norm=sync)
+            if r.returncode == 0:
+                out.append(path)
+            elif r.returncode == 3:  # not installed, or not possible here (torch's SyncBatchNorm on a CPU)
+                print(f"skipped {name} on {devices} replicas: {_last_line(r.stderr)}", file=sys.stderr)
+            else:
+                failed.append(f"{name} on {devices} replicas: {_worker_failure(r)}")
     return out, failed
 
 
@@ -591,10 +626,18 @@ def _record_args(q, many: bool) -> None:
                        default=["eager", "compiled"], help="eager and/or each framework's compiler (default: both)")
         q.add_argument("--compile-variants", nargs="+", action=flags.Distinct, metavar="VARIANT",
                        help="record compiled mode for these variants only (compilation is slow on a CPU)")
+        q.add_argument("--devices", nargs="+", type=flags.count(1, records.MAX_DEVICES), default=[2, 4], metavar="N",
+                       help="replica counts of the data-parallel case, fp64 (docs/distributed.md); default 2 4; "
+                            "1: none")
     else:
         q.add_argument("--backend", required=True, choices=names, metavar="NAME", help=", ".join(names))
         q.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp64 or fast")
         q.add_argument("--compile", choices=("eager", "compiled"), default="eager", help="eager (default) or compiled")
+        q.add_argument("--devices", type=flags.count(1, records.MAX_DEVICES), default=1, metavar="N",
+                       help="the data-parallel case on N replicas of the framework's own engine (simulated on a "
+                            "CPU; docs/distributed.md): the constant-rate runs only (default 1: the full record)")
+        q.add_argument("--sync-batch-norm", action="store_true",
+                       help="with --devices: the framework's synchronised batch norm instead of its default")
     q.add_argument("--variant", nargs="+", action=flags.Distinct,
                    help="variants (names or .json spec files) to record (default: all)")
     q.add_argument("--quick", action="store_true",

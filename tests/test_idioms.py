@@ -46,7 +46,7 @@ def test_every_cited_definition_test_and_check_exists():
 def test_the_topic_table_covers_every_backend_and_the_issue():
     assert set(PACKAGES) == {b.package for b in backends.BACKENDS.values()}
     assert [t.key for t in TOPICS] == ["block", "build", "weights", "dropout", "loss", "optimizer", "compile",
-                                       "device", "loop", "shapes"]
+                                       "device", "loop", "distributed", "shapes"]
     for topic in TOPICS:
         assert list(topic.cuts) == list(PACKAGES), topic.key
         assert topic.notes, f"{topic.key}: no difference is called out"

@@ -1,0 +1,99 @@
+"""The data-parallel case (conformance/distributed.py, docs/distributed.md): every backend's own engine,
+on 2 simulated CPU devices (gloo processes for PyTorch and Keras on PyTorch, host devices for JAX,
+logical devices for TensorFlow, contexts for MXNet), trains the quick tier's probe as one device does
+on the same global batch, judged by the matrix's own compare with the fp64 bounds; and every planted
+bug of data parallelism (tests/distributed_mutations.py) fails the checks it names.
+
+One worker per backend, in the backend's own interpreter (the engine starts once), makes and judges
+every record; so this module imports no framework and runs in the main environment only."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from distributed_mutations import CATALOGUE  # tests/: framework-free
+
+from common import backends
+from conformance import distributed
+from harness import processes
+
+pytestmark = pytest.mark.main_env  # each backend runs in its own interpreter: once is enough
+
+HANG_S = 1800  # ends a hang only; no test asserts how fast anything ran
+NAMES = list(backends.BACKENDS)  # not `backend` (conftest narrows that per environment): every one, from here
+
+
+@pytest.fixture(scope="module")
+def worked(tmp_path_factory):
+    """backend -> the worker's result (tests/distributed_mutations.py), made once per backend when asked."""
+    done = {}
+
+    def get(name: str) -> dict:
+        if name not in done:
+            if processes.missing_here(name) and processes.python_for(name) == sys.executable:
+                reason = f"{name}: {', '.join(processes.missing_here(name))} not installed"
+                if name in os.environ.get("NIN_REQUIRE", "").split(","):
+                    pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
+                pytest.skip(reason)
+            out = tmp_path_factory.mktemp(name) / "result.json"
+            cmd = processes.worker_command(name, "tests.distributed_mutations",
+                                           ["--backend", name, "--json-out", str(out)])
+            r = processes.run(cmd, env=processes.environment_for(name), timeout=HANG_S)
+            assert r.returncode == 0, f"{name}: {r.stderr.strip()[-3000:]}"
+            done[name] = json.loads(out.read_text())
+        return done[name]
+    return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_replicas_train_as_one_device_does(worked, name):
+    assert worked(name)["unplanted"] == {}, worked(name)["unplanted"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_synchronised_batch_norm_is_the_global_batch_s(worked, name):
+    """PROBE has batch norm: synchronised (or global by default, under jax.sharding), N replicas are one
+    device; where the framework has no synchronised form on a CPU, the worker says so and this skips."""
+    result = worked(name)["synchronised"]
+    if "skipped" in result:
+        pytest.skip(f"{name}: {result['skipped']}")
+    assert result == {}, result
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_replica_batch_norm_fails_the_matrix_and_says_why(worked, name):
+    """DDP's, MirroredStrategy's and Gluon's default batch norm normalises each shard by its own
+    statistics: another computation, which the matrix must not pass as one device's; it names the cause."""
+    result = worked(name)
+    if "per_replica" not in result:
+        pytest.skip(f"{name}: batch norm is global under {result['engine']} by default")
+    failed = result["per_replica"]
+    assert {"trajectory", "running_statistics"} <= set(failed), failed
+    assert all("each replica's statistics, not the global batch's" in row["detail"] for row in failed.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_planted_bugs_of_data_parallelism_are_caught(worked, name):
+    """Every planted bug that applies to the backend's engine fails every check its entry names."""
+    caught = worked(name)["caught"]
+    assert {"summed-gradients", "loss-summed", "same-shard"} <= set(caught)
+    for bug, checks in caught.items():
+        missed = [c for c in CATALOGUE[bug].caught_by if c not in checks]
+        assert not missed, f"{name} {bug}: {missed} passed; failed: {checks}"
+
+
+def test_the_plan_splits_networks_by_batch_norm():
+    plan = distributed.plan(["paper", "d2l-bn", "d2l"], [1, 2, 4])
+    assert plan == [(2, False, ["paper", "d2l"]), (2, True, ["d2l-bn"]), (4, False, ["paper", "d2l"]),
+                    (4, True, ["d2l-bn"])]
+
+
+def test_the_measured_table_is_the_committed_matrix_s():
+    """docs/distributed.md's table is what results/distributed/matrix.json holds (regenerate both with
+    scripts/data_parallel.sh, then python -m conformance.distributed)."""
+    doc = (processes.ROOT / "docs" / "distributed.md").read_text()
+    matrix = json.loads((processes.ROOT / "results" / "distributed" / "matrix.json").read_text())
+    assert "\n".join(distributed.table(matrix)) in doc
