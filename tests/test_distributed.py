@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from distributed_mutations import CATALOGUE  # tests/: framework-free
+from tiny_records import CASES, metadata, tiny
 
-from common import backends
+from common import backends, records
 from conformance import distributed
 from harness import processes
 
@@ -97,3 +100,36 @@ def test_the_measured_table_is_the_committed_matrix_s():
     doc = (processes.ROOT / "docs" / "distributed.md").read_text()
     matrix = json.loads((processes.ROOT / "results" / "distributed" / "matrix.json").read_text())
     assert "\n".join(distributed.table(matrix)) in doc
+
+
+def _write(tmp_path, meta: dict, *, kind: str) -> Path:
+    spec = tiny()
+    tensors = {f"{spec.name}/{k}": np.zeros(shape, dtype=np.float32)
+               for k, shape in records.expected_tensors(spec, CASES, kind=kind).items()}
+    return records.write_record(tmp_path / "dp.safetensors", tensors, meta)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("devices", 1, "an integer from 2 to 1024"),
+    ("batch_norm", "synchronised", "one of"),
+    ("engine", 7, "string"),
+])
+def test_a_bad_data_parallel_field_is_one_line_naming_it(tmp_path, field, value, expected):
+    dp = {"devices": 2, "engine": "DDP", "batch_norm": "global", field: value}
+    path = _write(tmp_path, metadata(tiny(), data_parallel=dp), kind="data_parallel")
+    with pytest.raises(records.RecordError) as e:
+        records.read_record(path)
+    message = str(e.value)
+    assert "\n" not in message and f"data_parallel.{field}" in message and str(path) in message
+    assert expected in message, message
+
+
+def test_a_data_parallel_record_holds_the_constant_rate_runs_only(tmp_path):
+    spec = tiny()
+    good = _write(tmp_path, metadata(spec, data_parallel={"devices": 2, "engine": "DDP", "batch_norm": "global"}),
+                  kind="data_parallel")
+    assert sorted(records.read_record(good).tensors) == sorted(
+        f"{spec.name}/{k}" for k in records.expected_tensors(spec, CASES, kind="data_parallel"))
+    full = _write(tmp_path, metadata(spec), kind="data_parallel")  # no data_parallel: a full record lacks logits
+    with pytest.raises(records.RecordError, match="missing tensor"):
+        records.read_record(full)
