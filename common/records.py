@@ -73,6 +73,7 @@ class DataParallelJSON(schema.Schema):
     devices: schema.integer(2, MAX_DEVICES)
     engine: TEXT
     batch_norm: schema.one_of(BATCH_NORMS)
+    sync_batch_norm: schema.BOOLEAN  # asked for (--sync-batch-norm); where the default is global, the same
 
 
 class MetadataJSON(schema.Schema):

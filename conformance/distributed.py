@@ -95,7 +95,8 @@ def make_record(backend: str, variants: list, *, devices: int, sync_batch_norm: 
     meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile="eager",
                        numerics={**numerics, **{f"simulated_{k}": v for k, v in simulated.items()}}, cases=cases,
                        variants=per_variant)
-    meta["data_parallel"] = {"devices": devices, "engine": dist_mod.ENGINE, "batch_norm": batch_norm}
+    meta["data_parallel"] = {"devices": devices, "engine": dist_mod.ENGINE, "batch_norm": batch_norm,
+                             "sync_batch_norm": sync_batch_norm}
     return records.write_record(out, tensors, meta)
 
 
@@ -122,7 +123,9 @@ def table(matrix: dict) -> list[str]:
         body.append(row)
     head = ["record (backend/replicas)"] + [f"{v}: worst share of its bound (check)" for v in variants]
     prov = matrix.get("provenance", {})
-    made = f"Made {prov.get('date', '?')} at {str(prov.get('commit', '?'))[:7]} on {prov.get('cpu', '?')}"
+    cpu = prov.get("cpu") if isinstance(prov.get("cpu"), dict) else {}
+    made = (f"Made {prov.get('date', '?')} at {str(prov.get('commit', '?'))[:7]} on {cpu.get('model', '?')} "
+            f"({cpu.get('cpus', '?')} CPUs)")
     return tables.markdown(head, body) + ["", f"{made}, by `scripts/data_parallel.sh`; every row in full: "
                                               "[results/distributed/matrix.md](../results/distributed/matrix.md)."]
 

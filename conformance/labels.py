@@ -10,12 +10,14 @@ from common.records import Record
 
 
 def _kind_label(rec: Record) -> str:
-    """torch/eager; jax->torch/eager for a resume record; torch/dp2 for a data-parallel one."""
+    """torch/eager; jax->torch/eager for a resume record; torch/dp2 for a data-parallel one (/sync-bn: its
+    synchronised batch norm asked for; /per-replica-bn: its statistics per replica)."""
     source, dp = rec.meta.get("resumed_from"), rec.meta.get("data_parallel")
     if source:
         return f"{source['backend']}->{rec.backend}/{rec.meta['compile']}"
     if dp:
-        return f"{rec.backend}/dp{dp['devices']}" + ("/per-replica-bn" if dp["batch_norm"] == "per replica" else "")
+        bn = "/per-replica-bn" if dp["batch_norm"] == "per replica" else "/sync-bn" if dp["sync_batch_norm"] else ""
+        return f"{rec.backend}/dp{dp['devices']}{bn}"
     return f"{rec.backend}/{rec.meta['compile']}"
 
 

@@ -115,7 +115,7 @@ def _write(tmp_path, meta: dict, *, kind: str) -> Path:
     ("engine", 7, "string"),
 ])
 def test_a_bad_data_parallel_field_is_one_line_naming_it(tmp_path, field, value, expected):
-    dp = {"devices": 2, "engine": "DDP", "batch_norm": "global", field: value}
+    dp = {"devices": 2, "engine": "DDP", "batch_norm": "global", "sync_batch_norm": True, field: value}
     path = _write(tmp_path, metadata(tiny(), data_parallel=dp), kind="data_parallel")
     with pytest.raises(records.RecordError) as e:
         records.read_record(path)
@@ -126,8 +126,8 @@ def test_a_bad_data_parallel_field_is_one_line_naming_it(tmp_path, field, value,
 
 def test_a_data_parallel_record_holds_the_constant_rate_runs_only(tmp_path):
     spec = tiny()
-    good = _write(tmp_path, metadata(spec, data_parallel={"devices": 2, "engine": "DDP", "batch_norm": "global"}),
-                  kind="data_parallel")
+    dp = {"devices": 2, "engine": "DDP", "batch_norm": "global", "sync_batch_norm": True}
+    good = _write(tmp_path, metadata(spec, data_parallel=dp), kind="data_parallel")
     assert sorted(records.read_record(good).tensors) == sorted(
         f"{spec.name}/{k}" for k in records.expected_tensors(spec, CASES, kind="data_parallel"))
     full = _write(tmp_path, metadata(spec), kind="data_parallel")  # no data_parallel: a full record lacks logits
