@@ -100,6 +100,17 @@ SMALL = {
         Small("--backend torch --seeds 1 --train-limit 64 --test-limit 64 --epochs 1 --eval-every 1",
               moved={"results/training/agreement-all": "{tmp}/agreement-all"},
               why="one backend, one seed, one epoch (the full sweep is 14 hours), into the test's folder"),
+    # docs/distributed.md
+    "nin record --backend torch --variant paper --precision fp64 --devices 2": Small(
+        "--variant {tiny} --out {tmp}/data-parallel/torch-dp2.safetensors",
+        why="a 1x8x8 network instead of paper, written into the test's folder"),
+    "nin record --backend keras-tf --variant d2l-bn --precision fp64 --devices 4 --sync-batch-norm": Small(
+        "--variant {tiny} --devices 2 --out {tmp}/data-parallel/keras-tf-dp2.safetensors",
+        why="a 1x8x8 network on 2 replicas, written into the test's folder"),
+    "nin compare records/data-parallel/*.safetensors": Small(moved={"records/data-parallel/": "{tmp}/data-parallel/"},
+                                                             why="the two records just made"),
+    "nin conformance --devices 2 4": Small("--quick --backend mxnet --precision fp64 --devices 2 --out-dir {tmp}/dpq",
+                                           why="the quick tier of one backend on 2 replicas (the full job: hours)"),
     # docs/gpu.md
     "nin conformance --device gpu --precision fp32 fast --compile eager --backend torch jax keras-jax keras-torch "
     "--variant d2l paper d2l-bn --report records/matrix-gpu.md --json-out records/matrix-gpu.json": Small(gpu=True),
