@@ -128,17 +128,15 @@ def _tf_run(job: dict) -> tuple:
 
 # --- JAX: keras.distribution.DataParallel ----------------------------------------------------------------
 def _jax_devices(count: int) -> dict:
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # the backend has started: only its own device count can answer now
-        have = len(jax.devices("cpu"))
-        if have < count:
-            raise RuntimeError(f"JAX has started with {have} CPU devices, fewer than {count}: call "
-                               "simulate_devices before any JAX computation") from None
-        return {"jax_num_cpu_devices": have}
-    return {"jax_num_cpu_devices": count}
+    """XLA's host device count, read when JAX's CPU backend starts (Keras does not start it on import), set
+    through XLA_FLAGS so that this package imports no framework but Keras; checked through Keras."""
+    flag = f"--xla_force_host_platform_device_count={count}"
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flag]))
+    have = len(keras.distribution.list_devices("cpu"))
+    if have < count:
+        raise RuntimeError(f"JAX has started with {have} CPU devices, fewer than {count}: call "
+                           "simulate_devices before any JAX computation")
+    return {"xla_force_host_platform_device_count": have}
 
 
 def _jax_run(job: dict) -> tuple:
@@ -166,6 +164,8 @@ def _torch_processes(count: int) -> dict:
 def _torch_replica(rank: int, job: dict) -> None:
     """One rank: its shard of every global batch through DDP (forward, then backward, which averages the
     gradients), train.py's optimizer applying them as Keras's own PyTorch step does; rank 0 writes."""
+    # Keras has no data-parallel wrapper on PyTorch: keras.io's guide wraps the model in torch's own DDP,
+    # the one place this package imports a framework other than Keras (and TensorFlow, Keras's engine there).
     import torch
     import torch.distributed as dist
 
