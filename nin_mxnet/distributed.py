@@ -62,14 +62,16 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
         if len(images) % devices:
             raise ValueError(f"a global batch of {len(images)} does not split over {devices} replicas")
     if sync_batch_norm and (device != "gpu" or precision == "fp64"):  # both measured with MXNet 1.9.1
-        raise NotImplementedError("Gluon's SyncBatchNorm is for GPUs in float32: on CPU contexts its barrier waits "
-                                  "forever, and its kernel refuses float64")
+        raise NotImplementedError("Gluon's SyncBatchNorm is for GPUs in float32: on CPU contexts its cross-context "
+                                  "barrier deadlocks, and its kernel refuses float64")
     contexts = _contexts(device, devices)
     model = build(spec, device=device, dtype="float64" if precision == "fp64" else "float32")
     load_weights(model, weights)
     if sync_batch_norm:
         _synchronised(model, spec, devices)
     model.collect_params().reset_ctx(contexts)  # a copy of every parameter on each context
+    # "device" sums the gradients on the contexts' own devices ("local": through the CPU); across machines it is
+    # "dist_sync", every worker's Trainer pushing to the parameter servers that tools/launch.py starts
     trainer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay, kvstore="device")
     losses = []
     for images, labels in batches:
