@@ -179,8 +179,9 @@ class LoopModule(Protocol):
     """loop.py: the framework's own training loop around the model (nin train)."""
 
     def make_trainer(self, spec: Any, lrs: Any, *, momentum: float, weight_decay: float, device: str,
-                     compile: str, dtype: str = "float32") -> Any:
-        """The model and train.make_optimizer's optimizer for a run whose step k uses learning rate lrs[k]."""
+                     compile: str, dtype: str = "float32", devices: int = 1) -> Any:
+        """The model and train.make_optimizer's optimizer for a run whose step k uses learning rate lrs[k];
+        devices > 1: data-parallel on the framework's engine (distributed.py starts its processes, if any)."""
 
     def load_state(self, trainer: Any, weights: dict, optimizer: dict, step: int) -> None:
         """Canonical weights, canonical momentum buffers ("momentum/<name>") and the step count: any backend's."""
@@ -190,7 +191,8 @@ class LoopModule(Protocol):
 
     def train_epoch(self, trainer: Any, images: Any, labels: Any, *, batch_size: int, dropout_seed: int,
                     progress: Callable) -> None:
-        """One pass over uint8 images in the epoch's order; progress(n, mean loss, correct) per batch."""
+        """One pass over uint8 images in the epoch's order; progress(n, mean loss, correct) per batch (data-parallel:
+        the global batch's; each replica its share of every batch and its own dropout masks)."""
 
     def evaluate(self, trainer: Any, images: Any, labels: Any, *, batch_size: int) -> dict:
         """Mean loss, accuracy and the share of all-non-positive logits, dropout off."""
@@ -243,6 +245,13 @@ class DistributedModule(Protocol):
                           weight_decay: float, device: str, precision: str, sync_batch_norm: bool) -> tuple:
         """Train from canonical weights on global (images, labels) batches, each split over `devices` replicas
         by the engine: (global mean loss of every step, final canonical weights and running statistics)."""
+
+    def launch(self, devices: int, module: str, args: list) -> int | None:
+        """Where each replica is a process: run `python -m module args` once per replica with the framework's
+        launcher and return its exit status; None in a replica already, or where replicas share one process."""
+
+    def process_index(self) -> int:
+        """This process's rank among the run's processes (0: the one that writes the run's files)."""
 
 
 CONTRACT: dict[str, type] = {"model": ModelModule, "train": TrainModule, "loop": LoopModule, "bench": BenchModule,

@@ -78,3 +78,14 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
         loss, _ = train_step(model, optimizer, x, y)
         losses.append(loss)
     return losses, export_weights(model)
+
+
+def launch(devices: int, module: str, args: list) -> None:
+    """Nothing to start: one process drives every device of the Mesh (across machines, each runs its own,
+    after jax.distributed.initialize: docs/distributed.md)."""
+    return None
+
+
+def process_index() -> int:
+    """jax.process_index(): 0 on one machine."""
+    return jax.process_index()

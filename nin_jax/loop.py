@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from common.data import input_matrices
 from common.spec import NetSpec
@@ -42,24 +43,43 @@ class Trainer:
     rows: jax.Array  # (H, 28) and (W, 28): the resize, on the device, in the model's dtype
     cols: jax.Array
     channels: int
+    state: Sharding  # where the model, the optimizer and the resize live: one device, or copies on every one
+    batch: Sharding  # where a batch goes: that device, or split along a Mesh's batch axis (data-parallel)
+
+
+def _shardings(device: str, devices: int) -> tuple[Sharding, Sharding]:
+    """(state, batch): one device; or, data-parallel, a Mesh over the first `devices` devices with one axis,
+    the state replicated and every batch split along it (XLA inserts the gradient's all-reduce itself)."""
+    if devices == 1:
+        one = SingleDeviceSharding(default_device(device))
+        return one, one
+    found = jax.devices(device)
+    if len(found) < devices:
+        raise ValueError(f"JAX sees {len(found)} {device} devices, fewer than {devices} replicas")
+    mesh = Mesh(np.array(found[:devices]), ("batch",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32") -> Trainer:
-    """The model in `dtype` (canonical weights are loaded by load_state) and train.make_optimizer's SGD."""
+                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
+    """The model in `dtype` (canonical weights are loaded by load_state) and train.make_optimizer's SGD;
+    devices > 1: the same step under jax.sharding, each batch split over the devices."""
+    if devices > 1 and compile != "compiled":  # op by op, a Mesh's collectives deadlocked XLA's CPU runtime here
+        raise ValueError("JAX runs a Mesh's replicas compiled (--compile compiled): eager, one op at a time, each "
+                         "op's all-reduce waits for both devices and XLA's CPU runtime hung")
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    state, batch = _shardings(device, devices)
+    nnx.update(model, jax.device_put(nnx.state(model), state))  # first: the optimizer's state follows the model's
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
-    rows, cols = (jax.device_put(np.asarray(m).astype(DTYPES[dtype]), default_device(device))
-                  for m in input_matrices(spec))
-    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
+    rows, cols = (jax.device_put(np.asarray(m).astype(DTYPES[dtype]), state) for m in input_matrices(spec))
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], state, batch)
 
 
 def _commit(trainer: Trainer) -> None:
-    """Put every array of the model and the optimizer on the device explicitly: jax.jit keys its cache
-    on whether an argument is committed to a device, so a mix (fresh arrays are not) compiles again."""
-    device = trainer.rows.devices().pop()
+    """Put every array of the model and the optimizer where the trainer keeps them explicitly: jax.jit keys
+    its cache on whether an argument is committed to a device, so a mix (fresh arrays are not) compiles again."""
     for node in (trainer.model, trainer.optimizer):
-        nnx.update(node, jax.device_put(nnx.state(node), device))
+        nnx.update(node, jax.device_put(nnx.state(node), trainer.state))
 
 
 def _param_paths(model: nnx.Module) -> dict[str, tuple]:
@@ -135,15 +155,15 @@ _eval_step_jit = nnx.jit(_eval_step, static_argnames="channels")
 def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int, dropout_seed: int,
                 progress: Callable[[int, float, int], None]) -> None:
     """One pass over images (uint8, already in the epoch's order); progress(n, mean loss, correct)
-    after every batch. The dropout masks come from the model's nnx.Rngs restarted at dropout_seed."""
-    device = trainer.rows.devices().pop()
+    after every batch. The dropout masks come from the model's nnx.Rngs restarted at dropout_seed: under a
+    Mesh, one mask for the whole batch, so each replica's shard has its own."""
     resize = partial(_inputs_jit if trainer.model.jit else _inputs, trainer.rows, trainer.cols,
                      channels=trainer.channels)  # op by op in eager mode, as the model runs
     nnx.reseed(trainer.model, dropout=dropout_seed)
     _commit(trainer)
     for start in range(0, len(images), batch_size):
-        x = resize(jax.device_put(images[start:start + batch_size], device))  # 784 bytes per image
-        y = jax.device_put(labels[start:start + batch_size].astype(np.int32), device)
+        x = resize(jax.device_put(images[start:start + batch_size], trainer.batch))  # 784 bytes per image
+        y = jax.device_put(labels[start:start + batch_size].astype(np.int32), trainer.batch)
         loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
         progress(len(y), loss, correct)
 
@@ -151,7 +171,7 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off."""
     step = _eval_step_jit if trainer.model.jit else _eval_step
-    device = trainer.rows.devices().pop()
+    device = trainer.state  # data-parallel: every device evaluates the whole batch (a test batch need not split)
     trainer.model.eval()
     loss, correct, zero = 0.0, 0, 0
     for start in range(0, len(images), batch_size):

@@ -129,9 +129,8 @@ def from_canonical(name: str, value) -> np.ndarray:
 def load_weights(model: nnx.Sequential, weights, source: str = "weights") -> None:
     tensors = canonical_tensors(model)
     check_shapes({k: v.shape for k, v in export_weights(model).items()}, weights, source)
-    device = device_of(model)
-    for name, t in tensors.items():
-        t[...] = jax.device_put(from_canonical(name, np.asarray(weights[name], dtype=t[...].dtype)), device)
+    for name, t in tensors.items():  # each placed as the tensor is: on one device, or copied over a Mesh's
+        t[...] = jax.device_put(from_canonical(name, np.asarray(weights[name], dtype=t[...].dtype)), t[...].sharding)
 
 
 def export_weights(model: nnx.Sequential) -> dict[str, np.ndarray]:

@@ -29,10 +29,12 @@ def make_optimizer(model: nnx.Module, lrs: np.ndarray, *, momentum: float = 0.0,
     """optax SGD in the suite's form: add_decayed_weights then sgd (g += wd * w; v = m * v + g;
     w -= lr * v; momentum 0: no trace), every nnx.Param decayed (batch-norm statistics are not Params).
     The rate of step t is lrs[t] (the last entry past the end), t being optax's own count, read from
-    the table kept on the model's device in its parameters' dtype (float64 in fp64 mode)."""
+    the table kept where the parameters are (one device, or a copy on each of a Mesh's: loop.py) in their
+    dtype (float64 in fp64 mode)."""
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     dtype = params[0].dtype if params else jnp.float32
-    table = jax.device_put(np.asarray(lrs, dtype=np.float64).astype(dtype), device_of(model))
+    table = jax.device_put(np.asarray(lrs, dtype=np.float64).astype(dtype),
+                           params[0].sharding if params else device_of(model))
     last = len(table) - 1
 
     def schedule(count):

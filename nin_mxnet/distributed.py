@@ -84,3 +84,14 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
         losses.append(sum(loss.sum().asscalar().item() for loss in per_example) / len(images))
     with mx.Context(contexts[0]):  # Parameter.data() without a context reads the current one
         return losses, export_weights(model)
+
+
+def launch(devices: int, module: str, args: list) -> None:
+    """Nothing to start: one process drives every context (across machines, tools/launch.py starts the
+    workers and servers of a "dist_sync" kvstore: docs/distributed.md)."""
+    return None
+
+
+def process_index() -> int:
+    """0: one process holds every context."""
+    return 0

@@ -32,17 +32,25 @@ class Trainer:
     rows: mx.nd.NDArray  # (H, 28) and (W, 28): the resize, on the device, in the model's dtype
     cols: mx.nd.NDArray
     channels: int
+    contexts: list  # data-parallel: the parameters' contexts (mx.cpu(i) or mx.gpu(i)); else the model's one
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32") -> Trainer:
+                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
     """The model in `dtype` (canonical weights are loaded by load_state; compiled: hybridize()) and
-    train.make_optimizer's gluon.Trainer."""
+    train.make_optimizer's gluon.Trainer; devices > 1: a copy of every parameter on each of `devices`
+    contexts and a kvstore ("device") that sums their gradients before each context's update."""
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
-    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
-    ctx = device_of(model)
-    rows, cols = (mx.nd.array(m, ctx=ctx, dtype=dtype) for m in input_matrices(spec))
-    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
+    contexts = [device_of(model)]
+    if devices > 1:
+        if device == "gpu" and mx.context.num_gpus() < devices:
+            raise ValueError(f"MXNet sees {mx.context.num_gpus()} GPUs, fewer than {devices} replicas")
+        contexts = [mx.gpu(i) if device == "gpu" else mx.cpu(i) for i in range(devices)]
+        model.collect_params().reset_ctx(contexts)
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay,
+                               kvstore="device" if devices > 1 else None)
+    rows, cols = (mx.nd.array(m, ctx=contexts[0], dtype=dtype) for m in input_matrices(spec))
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], contexts)
 
 
 def _trainable(trainer: Trainer) -> dict:
@@ -61,13 +69,13 @@ def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> N
     step = int(step)
     if step < 0:
         raise ValueError(f"checkpoint: step {step} is negative")
-    sgd, updater = trainer.optimizer._optimizer, trainer.optimizer._updaters[0]
-    ctx = device_of(trainer.model)
+    sgd = trainer.optimizer._optimizer
     trainable = _trainable(trainer)
     for name, (i, p) in trainable.items():
         key = f"momentum/{name}"
-        updater.states.pop(i, None)  # a fresh zero buffer unless the checkpoint has one
-        updater.states_synced.pop(i, None)
+        for updater in trainer.optimizer._updaters:  # one per context, each a fresh zero buffer unless given one
+            updater.states.pop(i, None)
+            updater.states_synced.pop(i, None)
         if not sgd.momentum or (key not in optimizer and not step):
             continue  # plain SGD keeps no buffer; a fresh optimizer (step 0) may come without them
         if key not in optimizer:
@@ -75,29 +83,33 @@ def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> N
         buffer = np.asarray(from_canonical(name, optimizer[key]))
         if buffer.shape != tuple(p.shape):
             raise ValueError(f"checkpoint: {key} has shape {buffer.shape}, the model's {tuple(p.shape)}")
-        updater.states[i] = mx.nd.array(buffer, ctx=ctx, dtype=p.dtype)
-        updater.states_synced[i] = True
-    counts = {i: step for i, _ in trainable.values()}  # what Optimizer._update_count advances
-    sgd._all_index_update_counts = {ctx.device_id: counts}
-    sgd._index_update_count = counts
+        for updater, ctx in zip(trainer.optimizer._updaters, trainer.contexts):
+            updater.states[i] = mx.nd.array(buffer, ctx=ctx, dtype=p.dtype)
+            updater.states_synced[i] = True
+    counts = {i: step for i, _ in trainable.values()}  # what Optimizer._update_count advances, per context
+    sgd._all_index_update_counts = {ctx.device_id: dict(counts) for ctx in trainer.contexts}
+    sgd._index_update_count = sgd._all_index_update_counts[trainer.contexts[0].device_id]
     sgd.num_update = step
 
 
 def export_state(trainer: Trainer) -> tuple[dict, dict, int]:
-    """(canonical weights, canonical momentum buffers ({} for plain SGD), steps done: num_update)."""
+    """(canonical weights, canonical momentum buffers ({} for plain SGD), steps done: num_update); data-parallel,
+    the first context's (every context applies the same summed gradient: the copies are equal)."""
     updater = trainer.optimizer._updaters[0]
     optimizer = {}
     for name, (i, _) in _trainable(trainer).items():
         state = updater.states.get(i)
         if isinstance(state, mx.nd.NDArray):  # plain SGD keeps None
             optimizer[f"momentum/{name}"] = to_canonical(name, state)
-    return export_weights(trainer.model), optimizer, int(trainer.optimizer._optimizer.num_update)
+    with trainer.contexts[0]:  # Parameter.data() without a context reads the current one
+        return export_weights(trainer.model), optimizer, int(trainer.optimizer._optimizer.num_update)
 
 
 def _inputs(trainer: Trainer, images: mx.nd.NDArray) -> mx.nd.NDArray:
-    """uint8 (N, 28, 28) on the device -> (N, C, H, W) in the model's dtype: rows @ X @ cols^T, the grey repeated."""
-    x = mx.nd.dot(images.astype(trainer.rows.dtype), trainer.cols, transpose_b=True)  # (N, 28, W)
-    x = mx.nd.dot(x.transpose((0, 2, 1)), trainer.rows, transpose_b=True).transpose((0, 2, 1))  # (N, H, W)
+    """uint8 (N, 28, 28) on a context -> (N, C, H, W) in the model's dtype: rows @ X @ cols^T, the grey repeated."""
+    rows, cols = (m.as_in_context(images.context) for m in (trainer.rows, trainer.cols))  # a no-op on their own
+    x = mx.nd.dot(images.astype(rows.dtype), cols, transpose_b=True)  # (N, 28, W)
+    x = mx.nd.dot(x.transpose((0, 2, 1)), rows, transpose_b=True).transpose((0, 2, 1))  # (N, H, W)
     x = x.expand_dims(1)
     return x.repeat(trainer.channels, axis=1) if trainer.channels > 1 else x
 
@@ -106,7 +118,10 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
                 progress: Callable[[int, float, int], None]) -> None:
     """One pass over images (uint8, already in the epoch's order; the last partial batch kept);
     progress(n, mean loss, correct) after every batch. The dropout masks come from MXNet's generator
-    restarted at dropout_seed."""
+    restarted at dropout_seed, on context i at dropout_seed + i (each replica its own masks)."""
+    if len(trainer.contexts) > 1:
+        return _train_epoch_contexts(trainer, images, labels, batch_size=batch_size, dropout_seed=dropout_seed,
+                                     progress=progress)
     ctx = device_of(trainer.model)
     x_all = mx.nd.array(images, ctx=ctx, dtype="uint8")  # 784 bytes per image cross to the device
     y_all = mx.nd.array(labels, ctx=ctx, dtype="int32")
@@ -117,9 +132,31 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
         progress(x.shape[0], loss, correct)
 
 
+def _train_epoch_contexts(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                          dropout_seed: int, progress: Callable[[int, float, int], None]) -> None:
+    """train_epoch on several contexts, as the chapter's train_ch12 does: split_and_load each batch's uint8
+    images, resize and forward each share on its context under autograd.record(), backward, then
+    Trainer.step(global batch): the kvstore's gradient sum over the global batch, one update per context."""
+    for i, ctx in enumerate(trainer.contexts):
+        mx.random.seed(dropout_seed + i, ctx=ctx)
+    for start in range(0, len(images), batch_size):
+        batch = slice(start, start + batch_size)
+        xs = gluon.utils.split_and_load(images[batch], trainer.contexts, even_split=True)
+        ys = gluon.utils.split_and_load(labels[batch].astype(np.int32), trainer.contexts, even_split=True)
+        with autograd.record():
+            logits = [trainer.model(_inputs(trainer, x)) for x in xs]
+            losses = [cross_entropy(z, y) for z, y in zip(logits, ys)]
+        autograd.backward(losses)
+        trainer.optimizer.step(len(labels[batch]))
+        loss = sum(loss.sum().asscalar().item() for loss in losses) / len(labels[batch])
+        correct = sum(int((z.argmax(axis=1) == y.astype(z.dtype)).sum().asscalar()) for z, y in zip(logits, ys))
+        progress(len(labels[batch]), loss, correct)
+
+
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
-    """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off."""
-    ctx = device_of(trainer.model)
+    """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off (data-parallel:
+    on the first context)."""
+    ctx = trainer.contexts[0]
     x_all = mx.nd.array(images, ctx=ctx, dtype="uint8")
     y_all = mx.nd.array(labels, ctx=ctx, dtype="int32")
     loss, correct, zero = 0.0, 0, 0

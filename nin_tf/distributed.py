@@ -238,3 +238,14 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
            "devices": devices, "momentum": momentum, "weight_decay": weight_decay, "device": device,
            "precision": precision, "sync_batch_norm": sync_batch_norm}
     return _ENGINES[keras.backend.backend()][1](job)
+
+
+def launch(devices: int, module: str, args: list) -> None:
+    """Nothing to start: on TensorFlow and JAX one process drives every replica (fit under the engine's scope);
+    Keras's fit has no data-parallel engine on PyTorch (loop.make_trainer says so)."""
+    return None
+
+
+def process_index() -> int:
+    """0: one process holds every replica."""
+    return 0

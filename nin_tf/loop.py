@@ -11,6 +11,7 @@ SuiteSGD, the one optimizer of the package; fit runs the same Keras train step a
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import keras
 import numpy as np
 
 from common.data import input_matrices
-from common.spec import NetSpec
+from common.spec import Dropout, NetSpec
 
 from .model import (
     build,
@@ -71,13 +72,67 @@ class Trainer:
     model: keras.Model  # the network, as common.spec builds it
     net: keras.Model  # InputResize, then the network: what fit and evaluate run
     optimizer: keras.optimizers.Optimizer
+    replicas: Callable = contextlib.nullcontext  # the data-parallel scope that fit and evaluate run in
+
+
+@functools.cache
+def _mirrored(names: tuple) -> object:
+    """One MirroredStrategy per set of devices for the whole process, as TensorFlow expects (a second one over
+    the same devices hands out the same collective keys)."""
+    import tensorflow as tf  # Keras's engine on this backend
+
+    return tf.distribute.MirroredStrategy(list(names))
+
+
+def _tensorflow_replicas(spec: NetSpec, device: str, devices: int, compile: str) -> Callable:
+    """tf.distribute.MirroredStrategy over `devices` logical devices: fit splits every batch over them."""
+    import tensorflow as tf
+
+    if any(isinstance(layer, Dropout) and layer.rate for layer in spec.layers):
+        raise NotImplementedError("Keras on TensorFlow draws the same dropout mask on every MirroredStrategy replica "
+                                  "(the Dropout layer's seed state is a mirrored variable; docs/distributed.md): "
+                                  "refused for a network with dropout (Keras on JAX draws one mask per image)")
+
+    found = tf.config.list_logical_devices("GPU" if device == "gpu" else "CPU")
+    if len(found) < devices:
+        raise ValueError(f"TensorFlow sees {len(found)} {device} devices, fewer than {devices} replicas")
+    return _mirrored(tuple(d.name for d in found[:devices])).scope
+
+
+def _jax_replicas(spec: NetSpec, device: str, devices: int, compile: str) -> Callable:
+    """keras.distribution.DataParallel over `devices` devices: fit shards every batch along the mesh's batch axis."""
+    if compile != "compiled":  # as nin_jax: op by op, a mesh's collectives hung XLA's CPU runtime (SIGABRT) here
+        raise ValueError("Keras on JAX runs a mesh's replicas compiled (--compile compiled): run_eagerly, each op's "
+                         "all-reduce waits for every device and XLA's CPU runtime aborted")
+    found = keras.distribution.list_devices(device)
+    if len(found) < devices:
+        raise ValueError(f"JAX sees {len(found)} {device} devices, fewer than {devices} replicas")
+    return keras.distribution.DataParallel(devices=found[:devices]).scope
+
+
+def _torch_replicas(spec: NetSpec, device: str, devices: int, compile: str) -> Callable:
+    raise NotImplementedError("Keras's fit has no data-parallel engine on PyTorch: keras.io wraps the model in DDP "
+                              "inside a loop of its own, which the data-parallel case (nin record --devices) runs")
+
+
+_REPLICAS = {"tensorflow": _tensorflow_replicas, "jax": _jax_replicas, "torch": _torch_replicas}  # by Keras backend
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32") -> Trainer:
+                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
     """The network (in dtype) behind an InputResize layer, compiled with train.make_optimizer's SGD
     (the learning rate from the table), cross-entropy, accuracy and the zero-logit share, the loss
-    tracker and the metrics in dtype too."""
+    tracker and the metrics in dtype too. devices > 1: all of it made in the scope of the backend's
+    data-parallel engine (MirroredStrategy, DataParallel), where fit splits every batch over the replicas."""
+    replicas = (_REPLICAS[keras.backend.backend()](spec, device, devices, compile) if devices > 1
+                else contextlib.nullcontext)
+    with replicas():
+        return _make_trainer(spec, lrs, momentum=momentum, weight_decay=weight_decay, device=device, compile=compile,
+                             dtype=dtype, replicas=replicas)
+
+
+def _make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
+                  compile: str, dtype: str, replicas: Callable) -> Trainer:
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     rows, cols = (np.asarray(m, dtype=dtype) for m in input_matrices(spec))
@@ -93,7 +148,7 @@ def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_deca
                     jit_compile=compile == "compiled", run_eagerly=compile == "eager")
     finally:
         keras.config.set_floatx(previous)
-    return Trainer(model, net, optimizer)
+    return Trainer(model, net, optimizer, replicas)
 
 
 def _momentums(trainer: Trainer) -> dict[str, keras.Variable]:
@@ -182,7 +237,7 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
     callbacks = [Progress(progress, batch_size, len(images))]
     if keras.backend.backend() == "torch":
         callbacks.append(TorchDropoutSeed(dropout_seed))
-    with _placed(trainer.model):
+    with trainer.replicas(), _placed(trainer.model):
         trainer.net.fit(images, labels.astype(np.int32), batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
                         callbacks=callbacks)
 
@@ -190,7 +245,7 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0: model.evaluate, whose
     loss tracker and metrics make_trainer made in the model's dtype."""
-    with _placed(trainer.model):
+    with trainer.replicas(), _placed(trainer.model):
         out = trainer.net.evaluate(images, labels.astype(np.int32), batch_size=batch_size, verbose=0,
                                    return_dict=True)
     return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"]), "zero_logits": float(out["zero_logits"])}

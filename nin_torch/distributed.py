@@ -2,14 +2,17 @@
 (gloo on a CPU, NCCL on GPUs) and DistributedDataParallel around the model, which averages the
 gradients with an all-reduce during backward. train.py's optimizer and train_step run unchanged.
 
-`nin train --devices N` starts the ranks with torchrun (docs/distributed.md); the data-parallel
-case starts them here with torch.multiprocessing, the rendezvous a file (FileStore) in a temporary folder.
+`nin train --devices N` starts the ranks with torchrun's launcher (launch; loop.py joins the group and
+wraps the model); the data-parallel case starts them here with torch.multiprocessing, the rendezvous a
+file (FileStore) in a temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from common.spec import NetSpec
 
@@ -90,3 +95,25 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
             raise RuntimeError(f"a replica failed: {str(e).strip().splitlines()[-1]}") from None
         with np.load(out) as z:
             return list(z["losses"]), {k[2:]: z[k] for k in z.files if k.startswith("w/")}
+
+
+def launch(devices: int, module: str, args: list) -> int | None:
+    """`python -m module args` in `devices` processes on this machine, as `torchrun --standalone
+    --nproc-per-node devices -m module args` starts them (the same launcher, called as a library so that a
+    failed rank is one line here, its exit status kept). None inside a rank: torchrun set WORLD_SIZE."""
+    if "WORLD_SIZE" in os.environ:
+        return None
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", module, *args)
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        print(f"{module}: replica {rank} of {devices} exited with status {failure.exitcode}", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def process_index() -> int:
+    """torch.distributed's rank once the group is joined; torchrun's RANK before; 0 outside a launch."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))

@@ -8,11 +8,13 @@ metrics and the checkpoints; this file owns what only PyTorch knows. Images arri
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from common.data import input_matrices
@@ -38,15 +40,36 @@ class Trainer:
     rows: torch.Tensor  # (H, 28) and (W, 28): the resize, on the device
     cols: torch.Tensor
     channels: int
+    replicas: nn.Module  # what train_step runs: the model, or DistributedDataParallel around it
+    rank: int = 0  # this process's replica, of `devices`
+    devices: int = 1
+
+
+def _process_group(device: str, devices: int) -> int:
+    """This process's rank in torch.distributed's group of `devices` processes, joined from the variables
+    torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo on a CPU, NCCL on GPUs."""
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise ValueError(f"{devices} devices: PyTorch runs one process per replica, started by torchrun "
+                             "(distributed.launch)")
+        dist.init_process_group("nccl" if device == "gpu" else "gloo")
+    if dist.get_world_size() != devices:
+        raise ValueError(f"torchrun started {dist.get_world_size()} processes for {devices} devices")
+    if device == "gpu":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # this process's GPU: build places the model
+    return dist.get_rank()
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32") -> Trainer:
-    """The model (canonical weights are loaded by load_state) and train.make_optimizer's SGD."""
+                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
+    """The model (canonical weights are loaded by load_state) and train.make_optimizer's SGD; devices > 1:
+    this process's replica, DistributedDataParallel around the model (it averages the gradients in backward)."""
+    rank = _process_group(device, devices) if devices > 1 else 0
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
+    replicas = nn.parallel.DistributedDataParallel(model) if devices > 1 else model
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     rows, cols = (torch.as_tensor(m, device=device_of(model), dtype=DTYPES[dtype]) for m in input_matrices(spec))
-    return Trainer(model, optimizer, rows, cols, spec.input_shape[0])
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], replicas, rank, devices)
 
 
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:
@@ -85,18 +108,30 @@ def _inputs(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1).expand(-1, trainer.channels, -1, -1)
 
 
+def _global(trainer: Trainer, loss: float, correct: int, n: int) -> tuple[float, int]:
+    """The global batch's mean loss and correct count from every replica's (equal shards: the mean of means)."""
+    if trainer.devices == 1:
+        return loss, correct
+    total = torch.tensor([loss * n, correct], dtype=torch.float64, device=trainer.rows.device)
+    dist.all_reduce(total)
+    return total[0].item() / (n * trainer.devices), round(total[1].item())
+
+
 def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int, dropout_seed: int,
                 progress: Callable[[int, float, int], None]) -> None:
     """One pass over images (uint8, already in the epoch's order); progress(n, mean loss, correct)
-    after every batch. The dropout masks come from PyTorch's generator restarted at dropout_seed."""
+    after every batch. The dropout masks come from PyTorch's generator restarted at dropout_seed (plus the
+    rank: each replica its own masks). Data-parallel, each replica trains on its contiguous share of every
+    batch (as DistributedSampler without shuffling; the driver checks that each batch splits evenly)."""
     device = trainer.rows.device
     x_all = torch.as_tensor(images).to(device)  # 784 bytes per image cross to the device
     y_all = torch.as_tensor(labels, dtype=torch.long).to(device)
-    torch.manual_seed(dropout_seed)
+    torch.manual_seed(dropout_seed + trainer.rank)
     for start in range(0, len(images), batch_size):
-        x, y = _inputs(trainer, x_all[start:start + batch_size]), y_all[start:start + batch_size]
-        loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
-        progress(len(y), loss, correct)
+        share = min(batch_size, len(images) - start) // trainer.devices
+        mine = slice(start + trainer.rank * share, start + (trainer.rank + 1) * share)
+        loss, correct = train_step(trainer.replicas, trainer.optimizer, _inputs(trainer, x_all[mine]), y_all[mine])
+        progress(share * trainer.devices, *_global(trainer, loss, correct, share))
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:

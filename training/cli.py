@@ -131,10 +131,11 @@ def cmd_train(args) -> int:
         if runs.existing(out / runs.METRICS, "metrics file") or runs.existing(out / runs.CHECKPOINT, "checkpoint"):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         check_writable(out / runs.METRICS, "--out")
+    recipes.check_devices(s, args.devices, s.train_limit or 60_000)
     processes.check_memory(recipes.memory_bytes(s), device=s.device, what=_what(s))
+    extra = ["--devices", str(args.devices), *(["--resume"] if args.resume else [])]
     with exclusive(out / runs.METRICS, "--out"):  # a second `nin train` into this run is refused meanwhile
-        code, result = run_worker("train", s, out, extra=["--resume"] if args.resume else [], quiet=args.quiet,
-                                  timeout=args.timeout)
+        code, result = run_worker("train", s, out, extra=extra, quiet=args.quiet, timeout=args.timeout)
     if code == 3:
         print(f"nin train: {s.backend} is not installed ({result.get('reason', 'see above')})", file=sys.stderr)
         return 3
@@ -573,6 +574,10 @@ def _add_train_and_sweep(sub) -> None:
                    help="the run directory (default runs/<backend>-<variant>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--devices", type=flags.count(1, recipes.MAX_DEVICES), default=1, metavar="N",
+                   help="data-parallel on N devices with the framework's own engine (default 1); --batch-size is "
+                        "the global batch, split evenly, so the recipe is unchanged; a checkpoint resumes on any N "
+                        "(docs/distributed.md)")
     t.set_defaults(func=cmd_train)
 
     w = sub.add_parser("sweep", help="train backends x variants x seeds with one recipe (resumable), then report")

@@ -184,6 +184,20 @@ def steps_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
+MAX_DEVICES = 1024  # replicas of a data-parallel run: more than any machine this suite is run on
+
+
+def check_devices(s: Settings, devices: int, train_images: int) -> None:
+    """--devices: every batch, the last partial one too, splits evenly over the replicas, as the engines'
+    gradient mean assumes (a replica's mean over a smaller shard would weigh its images more)."""
+    _integer(devices, "--devices", 1, MAX_DEVICES)
+    last = train_images % s.batch_size
+    for size, which in ((s.batch_size, "--batch-size"), (last, f"the last batch (--train-limit {train_images})")):
+        if size % devices:
+            raise SettingsError(f"--devices {devices}: {which} of {size} images does not split evenly over "
+                                f"{devices} replicas")
+
+
 def lr_table(s: Settings, steps: int) -> np.ndarray:
     """The learning rate of every step (float64, epochs * steps entries): common.schedule's table,
     with `warmup` epochs of linear warm-up."""

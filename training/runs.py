@@ -37,7 +37,7 @@ from common import schema
 from common import spec as specs
 from common.fsio import atomic_path, atomic_write_text
 
-from .recipe import Settings, SettingsError
+from .recipe import MAX_DEVICES, Settings, SettingsError
 
 METRICS_FORMAT = "nin-training-metrics/1"
 CHECKPOINT_FORMAT = "nin-training-checkpoint/1"
@@ -108,6 +108,8 @@ class HeaderJSON(schema.Schema):
     python: schema.STRING = None
     host: schema.STRING = None
     platform: schema.STRING = None
+    devices: schema.integer(1, MAX_DEVICES) = None  # data-parallel replicas (nin train --devices)
+    engine: schema.STRING = None  # their engine (distributed.ENGINE)
 
 
 class CheckpointJSON(schema.Schema):

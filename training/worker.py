@@ -23,6 +23,7 @@ import platform
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ from . import recipe as recipes
 from . import runs
 from .recipe import Settings, SettingsError
 from .runs import RunError
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How a run is spread: `devices` replicas on the framework's engine (distributed.py); `primary` in the
+    one process that writes the run's files and shows its progress (every process, where they share one)."""
+    devices: int = 1
+    primary: bool = True
+    engine: str = ""  # the engine's name (distributed.ENGINE) when devices > 1
 
 
 class DivergedError(RuntimeError):
@@ -112,7 +122,7 @@ def _kill_at(step: int | None, done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _resume(s: Settings, out: Path, command: str) -> tuple:
+def _resume(s: Settings, out: Path, command: str, replicas: Replicas) -> tuple:
     """(records, epoch, step, other events, header, weights, optimizer state) of the run in `out`, which
     must have been made with `s` (its checkpoint and its metrics agreeing: runs.stored_settings). A
     checkpoint that is there but cannot be used is an error, never a silent restart from epoch 0."""
@@ -130,19 +140,21 @@ def _resume(s: Settings, out: Path, command: str) -> tuple:
         records, epoch0, step0 = list(meta["records"]), meta["epoch"], meta["step"]
     else:  # stopped before its first epoch ended: start again from the canonical init
         records, epoch0, step0 = [], 0, 0
-    others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "created": _now(), "command": command}]
+    others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "devices": replicas.devices,
+                        "created": _now(), "command": command}]
     return records, epoch0, step0, others, header, init, optimizer_state
 
 
 def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = False, kill_at_step=None,
-          data_dir=None) -> dict:
+          data_dir=None, replicas: Replicas = Replicas()) -> dict:
     """Run (or, with `resume`, continue) the run `s` in `out`: metrics and a checkpoint after every
     epoch; DivergedError when the loss leaves the finite or --max-loss, RunError for a run directory
-    that cannot be used. A new run writes nothing until its first epoch ends or it diverges."""
+    that cannot be used. A new run writes nothing until its first epoch ends or it diverges. Its
+    checkpoints are canonical: a run on N devices resumes on any other number, and the other way round."""
     out = Path(out)
     metrics_path, checkpoint_path = out / runs.METRICS, out / runs.CHECKPOINT
     if resume:
-        records, epoch0, step0, others, header, init, optimizer_state = _resume(s, out, command)
+        records, epoch0, step0, others, header, init, optimizer_state = _resume(s, out, command, replicas)
     else:
         if runs.existing(metrics_path, "metrics file") or runs.existing(checkpoint_path, "checkpoint"):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -159,8 +171,15 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
     x, y, tx, ty = load_data(s, data_dir)
     steps = recipes.steps_per_epoch(len(x), s.batch_size)
     lrs = recipes.lr_table(s, steps)
-    trainer = loop.make_trainer(spec, lrs, momentum=s.momentum_used, weight_decay=s.weight_decay, device=s.device,
-                                compile=s.compile)
+    recipes.check_devices(s, replicas.devices, len(x))
+    try:
+        trainer = loop.make_trainer(spec, lrs, momentum=s.momentum_used, weight_decay=s.weight_decay,
+                                    device=s.device, compile=s.compile, devices=replicas.devices)
+    except (ValueError, NotImplementedError) as e:  # the engine cannot run these replicas here: say why
+        if replicas.devices == 1:
+            raise
+        raise SettingsError(f"--devices {replicas.devices}: {e}") from None
+    quiet = quiet or not replicas.primary
     try:
         loop.load_state(trainer, init, optimizer_state, step0)
     except (ValueError, WeightsError) as e:
@@ -168,8 +187,11 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
     if header is None:
         header = _header(s, train=train_mod, device_name=train_mod.device_name(s.device), numerics=numerics,
                          command=command, sizes={"train_images": len(x), "test_images": len(tx),
-                                                 "steps_per_epoch": steps})
-    if resume:  # the resume event now; a new run's metrics wait for its first epoch (or its divergence), so
+                                                 "steps_per_epoch": steps, "devices": replicas.devices,
+                                                 **({"engine": replicas.engine} if replicas.engine else {})})
+    if not replicas.primary:  # a replica of a data-parallel run: trains its shards, writes nothing
+        header = None
+    if resume and header:  # the resume event now; a new run's metrics wait for its first epoch (or its divergence), so
         runs.write_metrics(out, [header, *records, *others])  # that a run failing before one leaves nothing
 
     for epoch in range(epoch0, s.epochs):
@@ -185,11 +207,14 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
             bar.close()
             others.append({"type": "diverged", "epoch": epoch + 1, "step": epoch * steps + tally.steps,
                            "loss": tally.losses[-1], "created": _now(), "message": str(e)})
-            runs.write_metrics(out, [header, *records, *others])
+            if header:
+                runs.write_metrics(out, [header, *records, *others])
             kept = (f"kept the last good checkpoint {checkpoint_path} (after epoch {epoch})" if epoch
                     else "no epoch finished, so there is no checkpoint")
             raise DivergedError(f"{s.backend} {s.variant} diverged: {e}; stopped, {kept}") from None
         train_seconds = time.perf_counter() - tally.start
+        if header is None:  # not the primary replica: the model it holds is the same, evaluated there
+            continue
         if (epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs:
             bar.set_description_str(f"{s.backend} {s.variant} epoch {epoch + 1}/{s.epochs} (evaluating)")
             result = loop.evaluate(trainer, tx, ty, batch_size=s.batch_size)
@@ -300,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-lr", type=float, default=1e-4)
     p.add_argument("--max-lr", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--devices", type=int, default=1, help="data-parallel replicas on the backend's engine")
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL itself mid-epoch
     args = p.parse_args(argv)
     try:
@@ -315,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nin train: {', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
         return 3
     try:
+        replicas = _replicas(settings, args.devices, argv if argv is not None else sys.argv[1:])
+        if isinstance(replicas, int):  # the launcher ran the replicas, each a process of its own
+            return replicas
         if args.mode == "train":
             result = train(settings, args.out, resume=args.resume, command=args.command, quiet=args.quiet,
-                           kill_at_step=args.kill_at_step)
+                           kill_at_step=args.kill_at_step, replicas=replicas)
         else:
             result = lr_find(settings, args.out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                              command=args.command, quiet=args.quiet)
@@ -333,9 +362,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nin train: interrupted; the last checkpoint in {args.out} is kept (--resume continues it)",
               file=sys.stderr)
         return 130
-    processes.print_result(result)
+    if replicas.primary:
+        processes.print_result(result)
     return 0
 
 
+def _replicas(s: Settings, devices: int, argv: list[str]) -> Replicas | int:
+    """One device: Replicas(). Several: the backend's distributed.py starts a process per replica where
+    its engine needs that (its launcher's exit status comes back), or makes a CPU show `devices` devices."""
+    recipes.check_devices(s, devices, s.train_limit or 60_000)
+    if devices == 1:
+        return Replicas()
+    parallel = processes.load(s.backend, "distributed")
+    code = parallel.launch(devices, "training.worker", argv)
+    if code is not None:
+        return code
+    if s.device == "cpu":
+        parallel.simulate_devices(devices)
+    return Replicas(devices, parallel.process_index() == 0, parallel.ENGINE)
+
+
+def _leave(code: int) -> None:
+    """A replica of a data-parallel run leaves without the interpreter's teardown: freeing DDP's reducer
+    destroys gloo's process group, whose destructor can wait for the GIL this thread holds (seen here)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if any(arg.startswith("--devices") for arg in sys.argv):
+        _leave(status)
+    sys.exit(status)
