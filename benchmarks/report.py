@@ -17,8 +17,9 @@ from common import tables
 from common.fsio import atomic_path, atomic_write_text
 
 MIB = 2 ** 20
-COLUMNS = ("backend", "mode", "batch", "precision", "compile", "status", "images/s", "spread", "trust", "first step s",
-           "peak MiB", "predicted MiB", "TFLOP/s", "of peak", "roofline images/s", "timing check")
+COLUMNS = ("backend", "mode", "batch", "precision", "compile", "devices", "status", "images/s", "scaling", "spread",
+           "trust", "first step s", "peak MiB", "predicted MiB", "TFLOP/s", "of peak", "roofline images/s",
+           "timing check")
 # The spread is (max - min) / median of the windows' images per second. On a quiet machine a CPU run's
 # spread stays under 8% (benchmarks/results/amd-epyc-zen2-20261204.md: 16 configurations, 1.1% to 7.8%).
 # Past 10% the windows disagree by more than that noise: something else took the CPUs, or the step does
@@ -74,8 +75,10 @@ def _row(r: dict, machine: str | None = None) -> list[str]:
     check = r.get("verify") or {}
     status = r["status"] if ok else f"{r['status']}: {r.get('reason', '')}"[:80]
     return [
-        r["backend"], r["mode"], str(r["batch_size"]), r["precision"], _compile(r["compile"]), status,
+        r["backend"], r["mode"], str(r["batch_size"]), r["precision"], _compile(r["compile"]),
+        str(r.get("devices") or "–"), status,
         _num(r.get("images_per_second"), ".1f") if ok else "–",
+        _num(r.get("scaling_efficiency"), ".0%") if ok else "–",
         _num(r.get("spread"), ".1%") if ok else "–",
         _trust(r, machine),
         _num(r.get("first_step_seconds"), ".2f") if ok else "–",
@@ -94,8 +97,21 @@ def table(results: list[dict], machine: str | None = None) -> str:
     return "\n".join(tables.markdown(COLUMNS, [_row(r, machine) for r in results]))
 
 
-NUMERIC = tuple(i for i, c in enumerate(COLUMNS) if c in ("batch", "images/s", "spread", "first step s", "peak MiB",
-                                                          "predicted MiB", "TFLOP/s", "of peak"))
+NUMERIC = tuple(i for i, c in enumerate(COLUMNS) if c in ("batch", "devices", "images/s", "scaling", "spread",
+                                                          "first step s", "peak MiB", "predicted MiB", "TFLOP/s",
+                                                          "of peak"))
+
+
+def add_scaling(results: list[dict]) -> None:
+    """Each data-parallel result's scaling efficiency: its images per second over N times those of the same
+    configuration on 1 device (the training loop both times), where that one was measured."""
+    def key(r: dict) -> tuple:
+        return tuple(r[k] for k in ("backend", "variant", "mode", "batch_size", "precision", "compile", "device"))
+
+    one = {key(r): r["images_per_second"] for r in results if r.get("devices") == 1 and r["status"] == "ok"}
+    for r in results:
+        if r.get("devices") and r["status"] == "ok" and key(r) in one:
+            r["scaling_efficiency"] = r["images_per_second"] / (r["devices"] * one[key(r)])
 
 
 def terminal(results: list[dict], machine: str | None = None) -> str:
@@ -127,6 +143,8 @@ def markdown(doc: dict) -> str:
         f"- environment: {', '.join(f'{k}={v}' for k, v in doc.get('environment', {}).items()) or '–'}",
         f"- timing: first step alone, {s['warmup']} warm-up steps, then the median of {s['windows']} windows "
         f"of {s['steps']} steps (device synchronised around each); spread = (max - min) / median over windows",
+        *([f"- devices: the training loop (loop.py, dropout off) on {s['devices']} data-parallel replicas of each "
+           "framework's engine; scaling = images/s / (N x images/s on 1 device)"] if s.get("devices") else []),
         f"- model: {doc['model']['params']:,} parameters, {doc['model']['forward_flops_per_image'] / 1e9:.3f} GFLOP "
         f"forward and {doc['model']['train_flops_per_image'] / 1e9:.3f} GFLOP per training image (common.calc)",
         "",
@@ -161,7 +179,7 @@ def draw_mode(ax, shown: list[dict], *, colours: dict, machine: str | None) -> N
         text = f" {v:.1f}" + (f"  untrusted: {'; '.join(d)}" if d else "") if r["status"] == "ok" else " out of memory"
         ax.text(v + b[1], i, text, va="center", fontsize=8, color="#b00020" if d else "black")
     ax.set_yticks(range(len(shown)), [f"{r['backend']} bs{r['batch_size']} {r['precision']} {_compile(r['compile'])}"
-                                      for r in shown], fontsize=8)
+                                      + (f" x{r['devices']}" if r.get("devices") else "") for r in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("images per second (median; whisker: slowest to fastest window)")
     ax.margins(x=0.6 if any(doubts) else 0.2)

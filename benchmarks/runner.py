@@ -42,12 +42,15 @@ ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABL
 
 COMPILE_MODES = ("eager", "graph", "compiled", "plain")
 MOMENTUM = False  # every bench.make_step times plain SGD: no momentum buffer in memory or traffic
+LOOP_COMPILES = ("eager", "compiled")  # what the training loop (loop.make_trainer) takes, as `nin train --compile`
+MAX_DEVICES = 1024  # replicas: more than any machine this suite is run on
 MAX_BATCH = 1_000_000  # images per step: past this a batch's index overflows some frameworks' 32-bit sizes
 
 
-def _compiles(backend: str, asked: list[str]) -> list[str]:
-    """The compile modes to run for a backend: those asked for; "all" stands for every mode it offers."""
-    offered = list(backends.get(backend).compile_modes)
+def _compiles(backend: str, asked: list[str], devices: list[int] | None = None) -> list[str]:
+    """The compile modes to run for a backend: those asked for; "all" stands for every mode it offers
+    (with --devices, those of the training loop: eager and compiled)."""
+    offered = [m for m in backends.get(backend).compile_modes if not devices or m in LOOP_COMPILES]
     expanded = [m for a in asked for m in (offered if a == "all" else [a])]
     return list(dict.fromkeys(expanded))
 
@@ -60,8 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--variant", default="d2l", type=flags.path,
                         help="a named variant or a .json spec file (default: d2l)")
     parser.add_argument("--mode", nargs="+", action=flags.Distinct, dest="modes", choices=worker.MODES,
-                        default=list(worker.MODES),
-                        help="train (forward, backward, SGD step) and/or infer (default: both)")
+                        help="train (forward, backward, SGD step) and/or infer (default: both; with --devices: train)")
     parser.add_argument("--batch-size", nargs="+", action=flags.Distinct, dest="batch_sizes",
                         type=flags.count(1, MAX_BATCH), metavar="N",
                         default=[128],
@@ -81,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="timed windows; the median is reported (default: 5)")
     parser.add_argument("--steps", type=flags.count(1, 100_000), default=10,
                         help="steps per timed window (default: 10)")
+    parser.add_argument("--devices", nargs="+", action=flags.Distinct, type=flags.count(1, MAX_DEVICES), metavar="N",
+                        help="time the training loop (loop.py, as `nin train --devices N` runs it: the resize, the "
+                             "step, the engine's all-reduce; dropout off) on N data-parallel replicas of the "
+                             "framework's own engine, for each N; the table's scaling column is images/s over N "
+                             "times --devices 1's (include 1). fp32, --mode train")
     parser.add_argument("--timeout", type=flags.seconds, default=1800, help="seconds allowed per configuration")
     parser.add_argument("--verify", action="store_true",
                         help="time each configuration again in one plain loop, synchronised at its ends only "
@@ -153,9 +160,11 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     try:
         spec, variant, device, out = _prepare(args)
         configs = [{"backend": b, "variant": variant, "mode": m, "batch_size": n, "precision": p, "compile": c,
-                    "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps}
-                   for b in args.backends for m, p, c, n in itertools.product(
-                       args.modes, args.precisions, _compiles(b, args.compiles), sorted(args.batch_sizes))]
+                    "device": device["kind"], "warmup": args.warmup, "windows": args.windows, "steps": args.steps,
+                    **({"devices": d} if d else {})}
+                   for b in args.backends for m, p, c, n, d in itertools.product(
+                       _modes(args), args.precisions, _compiles(b, args.compiles, args.devices),
+                       sorted(args.batch_sizes), sorted(args.devices or [0]))]
         _check_memory(configs, spec, variant=args.variant, device=device["kind"])
         with exclusive(out, "--out"):  # a second `nin bench` writing the same file is refused meanwhile
             return _run(args, argv, configs, spec=spec, variant=variant, device=device, out=out)
@@ -164,8 +173,30 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 2
 
 
+def _modes(args) -> list[str]:
+    """--mode, train and infer by default; with --devices the training loop's step only."""
+    if not args.devices:
+        return args.modes or list(worker.MODES)
+    if args.modes not in (None, ["train"]):
+        raise BenchError(f"--devices times the training loop (nin train --devices): --mode train only, got "
+                         f"{args.modes}")
+    return ["train"]
+
+
+def _check_devices(args) -> None:
+    """--devices: the loop in fp32, every batch split evenly over each replica count."""
+    if not args.devices:
+        return
+    if args.precisions != ["fp32"]:
+        raise BenchError(f"--devices times the training loop, in fp32 only: got --precision {args.precisions}")
+    for n, d in itertools.product(args.batch_sizes, args.devices):
+        if n % d:
+            raise BenchError(f"--devices {d}: --batch-size {n} does not split evenly over {d} replicas")
+
+
 def _prepare(args) -> tuple[specs.NetSpec, str, dict, Path]:
     """(spec, the variant as a worker is given it, the device, --out), each checked before any work."""
+    _check_devices(args)
     spec = specs.get(args.variant)
     # the workers run from the repository root: a spec file must not depend on the current directory
     variant = str(Path(args.variant).resolve()) if args.variant.endswith(".json") else args.variant
@@ -208,6 +239,7 @@ def _run(args, argv: list[str], configs: list[dict], *, spec, variant: str, devi
     bar = tqdm(configs, desc="nin bench", unit="config", file=sys.stderr, dynamic_ncols=True)
     try:
         _sweep(bar, results, skipped, spec=spec, peak=peak, timeout=args.timeout)
+        report.add_scaling(results)
         if args.verify:
             verify_timing.check(results, args.timeout)
         interrupted = None
@@ -268,7 +300,7 @@ def _write(args, argv: list[str], results: list, *, spec, device: dict, peak, va
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENVIRONMENT)},
         "device": {**device, "peak": peak.to_dict() if peak else None},
-        "settings": {"backends": args.backends, "variant": variant, "modes": args.modes,
+        "settings": {"backends": args.backends, "variant": variant, "modes": _modes(args), "devices": args.devices,
                      "batch_sizes": sorted(args.batch_sizes), "precisions": args.precisions,
                      "compile": args.compiles, "device": args.device, "warmup": args.warmup,
                      "windows": args.windows, "steps": args.steps, "timeout_s": args.timeout,

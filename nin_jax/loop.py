@@ -65,8 +65,8 @@ def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_deca
     """The model in `dtype` (canonical weights are loaded by load_state) and train.make_optimizer's SGD;
     devices > 1: the same step under jax.sharding, each batch split over the devices."""
     if devices > 1 and compile != "compiled":  # op by op, a Mesh's collectives deadlocked XLA's CPU runtime here
-        raise ValueError("JAX runs a Mesh's replicas compiled (--compile compiled): eager, one op at a time, each "
-                         "op's all-reduce waits for both devices and XLA's CPU runtime hung")
+        raise NotImplementedError("JAX runs a Mesh's replicas compiled (--compile compiled): eager, one op at a "
+                                  "time, each op's all-reduce waits for both devices and XLA's CPU runtime hung")
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
     state, batch = _shardings(device, devices)
     nnx.update(model, jax.device_put(nnx.state(model), state))  # first: the optimizer's state follows the model's

@@ -47,8 +47,8 @@ def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_deca
             raise ValueError(f"MXNet sees {mx.context.num_gpus()} GPUs, fewer than {devices} replicas")
         contexts = [mx.gpu(i) if device == "gpu" else mx.cpu(i) for i in range(devices)]
         model.collect_params().reset_ctx(contexts)
-    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay,
-                               kvstore="device" if devices > 1 else None)
+    parallel = {"kvstore": "device"} if devices > 1 else {}  # one device: the Trainer's own updater, no kvstore
+    optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay, **parallel)
     rows, cols = (mx.nd.array(m, ctx=contexts[0], dtype=dtype) for m in input_matrices(spec))
     return Trainer(model, optimizer, rows, cols, spec.input_shape[0], contexts)
 

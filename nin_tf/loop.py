@@ -51,7 +51,16 @@ class InputResize(keras.layers.Layer):
 
     def __init__(self, rows, cols, channels: int, **kwargs):
         super().__init__(**kwargs)
-        self.rows, self.cols, self.channels = np.asarray(rows), np.asarray(cols), channels
+        self.channels = channels
+        # Non-trainable weights, not NumPy arrays: a compiler traces them as tensors (torch.compile breaks its
+        # graph at an ndarray's dtype, and the pieces then recompiled with dynamic shapes failed in Inductor).
+        self.rows, self.cols = (self._constant(m, name) for m, name in ((rows, "rows"), (cols, "cols")))
+
+    def _constant(self, matrix, name: str) -> keras.Variable:
+        matrix = np.asarray(matrix)
+        weight = self.add_weight(shape=matrix.shape, initializer="zeros", trainable=False, name=name)
+        weight.assign(matrix.astype(weight.dtype))
+        return weight
 
     def call(self, images):
         x = keras.ops.cast(images, self.compute_dtype)
@@ -88,6 +97,9 @@ def _tensorflow_replicas(spec: NetSpec, device: str, devices: int, compile: str)
     """tf.distribute.MirroredStrategy over `devices` logical devices: fit splits every batch over them."""
     import tensorflow as tf
 
+    if compile == "compiled":  # tensorflow.org/xla/known_issues: "tf.Variable on a different device"
+        raise NotImplementedError("Keras on TensorFlow runs MirroredStrategy replicas without XLA (--compile "
+                                  "eager): one XLA cluster cannot reach the other replicas' variables")
     if any(isinstance(layer, Dropout) and layer.rate for layer in spec.layers):
         raise NotImplementedError("Keras on TensorFlow draws the same dropout mask on every MirroredStrategy replica "
                                   "(the Dropout layer's seed state is a mirrored variable; docs/distributed.md): "
@@ -102,8 +114,8 @@ def _tensorflow_replicas(spec: NetSpec, device: str, devices: int, compile: str)
 def _jax_replicas(spec: NetSpec, device: str, devices: int, compile: str) -> Callable:
     """keras.distribution.DataParallel over `devices` devices: fit shards every batch along the mesh's batch axis."""
     if compile != "compiled":  # as nin_jax: op by op, a mesh's collectives hung XLA's CPU runtime (SIGABRT) here
-        raise ValueError("Keras on JAX runs a mesh's replicas compiled (--compile compiled): run_eagerly, each op's "
-                         "all-reduce waits for every device and XLA's CPU runtime aborted")
+        raise NotImplementedError("Keras on JAX runs a mesh's replicas compiled (--compile compiled): run_eagerly, "
+                                  "each op's all-reduce waits for every device and XLA's CPU runtime aborted")
     found = keras.distribution.list_devices(device)
     if len(found) < devices:
         raise ValueError(f"JAX sees {len(found)} {device} devices, fewer than {devices} replicas")

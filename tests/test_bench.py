@@ -218,3 +218,37 @@ def test_reports_render_again_from_their_json_alone(tmp_path):
     md = written[0].read_text()
     assert "| torch | train | 16 | fp32 | eager | ok | 10.2 | 3.9% | ok |" in md
     assert f"untrusted: the windows' spread is above {report.SPREAD_LIMIT:.0%} of the median" in md
+
+
+@needs_torch
+def test_devices_times_the_training_loop_on_each_engine_and_its_scaling(tmp_path):
+    """`nin bench --devices 1 2`: the training loop as `nin train --devices` runs it, PyTorch's 2 replicas as
+    2 processes started by torchrun's launcher; the scaling column is images/s over 2 x the 1-device rate."""
+    argv = ["nin", "bench", "--backend", "torch", "jax", "--devices", "1", "2", *TINY_ARGS, "--out",
+            str(tmp_path / "r.json")]
+    assert runner.main(runner.build_parser().parse_args(argv[2:]), argv=argv) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["settings"]["devices"] == [1, 2] and doc["settings"]["modes"] == ["train"]
+    by = {(r["backend"], r["devices"]): r for r in doc["results"]}
+    one, two = by["torch", 1], by["torch", 2]
+    assert one["status"] == two["status"] == "ok", (one.get("reason"), two.get("reason"))
+    assert two["settings"]["engine"].startswith("torch.distributed") and two["settings"]["devices"] == 2
+    assert two["scaling_efficiency"] == pytest.approx(two["images_per_second"] / (2 * one["images_per_second"]))
+    assert "scaling_efficiency" not in one or one["scaling_efficiency"] == pytest.approx(1.0)
+    if by["jax", 1]["status"] == "ok":  # a Mesh runs compiled only: eager is skipped, with the reason
+        assert by["jax", 2]["status"] == "skipped" and "--compile compiled" in by["jax", 2]["reason"]
+    header = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| backend"))
+    assert "| devices |" in header and "| scaling |" in header
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--devices", "2", "--batch-size", "3"], "--devices 2: --batch-size 3 does not split evenly over 2 replicas"),
+    (["--devices", "2", "--mode", "infer"], "--devices times the training loop (nin train --devices): --mode train"),
+    (["--devices", "2", "--precision", "bf16"], "--devices times the training loop, in fp32 only"),
+])
+def test_devices_refuses_what_the_loop_cannot_time_in_one_line(flags, message, tmp_path, capsys):
+    args = runner.build_parser().parse_args(["--backend", "torch", *flags, "--out", str(tmp_path / "r.json")])
+    assert runner.main(args, argv=["nin", "bench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nin bench: {message}") and "\n" not in err
+    assert not (tmp_path / "r.json").exists()

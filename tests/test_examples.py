@@ -100,6 +100,7 @@ SMALL = {
         Small("--backend torch --seeds 1 --train-limit 64 --test-limit 64 --epochs 1 --eval-every 1",
               moved={"results/training/agreement-all": "{tmp}/agreement-all"},
               why="one backend, one seed, one epoch (the full sweep is 14 hours), into the test's folder"),
+    "nin train --backend jax --devices 2": Small(TINY_EPOCH + " --out {tmp}/jax-dp2", why="one epoch of 64 images"),
     # docs/distributed.md
     "nin record --backend torch --variant paper --precision fp64 --devices 2": Small(
         "--variant {tiny} --out {tmp}/data-parallel/torch-dp2.safetensors",
@@ -109,6 +110,15 @@ SMALL = {
         why="a 1x8x8 network on 2 replicas, written into the test's folder"),
     "nin compare records/data-parallel/*.safetensors": Small(moved={"records/data-parallel/": "{tmp}/data-parallel/"},
                                                              why="the two records just made"),
+    "nin train --backend torch --devices 2 --out runs/dp": Small(
+        TINY_EPOCH + " --epochs 2", moved={"runs/dp": "{tmp}/dp"}, why="two epochs of 64 images at 96x96"),
+    "nin train --backend jax --devices 4 --device gpu": Small(gpu=True),
+    "nin train --backend torch --out runs/dp --resume --devices 1": Small(
+        TINY_EPOCH + " --epochs 2", moved={"runs/dp": "{tmp}/dp"},
+        why="the run just made (complete: it says so), with the flags it was made with"),
+    "nin bench --backend torch jax mxnet --devices 1 2 --batch-size 16 --compile compiled": Small(
+        "--backend torch --variant paper --batch-size 2 --compile eager --warmup 1 --windows 2 --steps 1 "
+        "--out {tmp}/scaling.json", why="PyTorch alone, the paper net, batch 2, two windows of one step"),
     "nin conformance --devices 2 4": Small("--quick --backend mxnet --precision fp64 --devices 2 --out-dir {tmp}/dpq",
                                            why="the quick tier of one backend on 2 replicas (the full job: hours)"),
     # docs/gpu.md

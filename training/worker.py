@@ -122,7 +122,7 @@ def _kill_at(step: int | None, done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _resume(s: Settings, out: Path, command: str, replicas: Replicas) -> tuple:
+def _resume(s: Settings, out: Path, command: str, replicas: Replicas = Replicas()) -> tuple:
     """(records, epoch, step, other events, header, weights, optimizer state) of the run in `out`, which
     must have been made with `s` (its checkpoint and its metrics agreeing: runs.stored_settings). A
     checkpoint that is there but cannot be used is an error, never a silent restart from epoch 0."""
