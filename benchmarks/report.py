@@ -92,14 +92,21 @@ def _row(r: dict, machine: str | None = None) -> list[str]:
     ]
 
 
+PARALLEL = ("devices", "scaling")  # columns of a data-parallel sweep (nin bench --devices) only
+NUMBERS = ("batch", "devices", "images/s", "scaling", "spread", "first step s", "peak MiB", "predicted MiB", "TFLOP/s",
+           "of peak")
+
+
+def _shown(results: list[dict]) -> tuple[list[str], list[int]]:
+    """(the columns shown, their positions in COLUMNS): the data-parallel ones only when a result has devices."""
+    keep = [i for i, c in enumerate(COLUMNS) if c not in PARALLEL or any(r.get("devices") for r in results)]
+    return [COLUMNS[i] for i in keep], keep
+
+
 def table(results: list[dict], machine: str | None = None) -> str:
     """The results as a Markdown table; `machine`: busy(doc), which marks every result of the run."""
-    return "\n".join(tables.markdown(COLUMNS, [_row(r, machine) for r in results]))
-
-
-NUMERIC = tuple(i for i, c in enumerate(COLUMNS) if c in ("batch", "devices", "images/s", "scaling", "spread",
-                                                          "first step s", "peak MiB", "predicted MiB", "TFLOP/s",
-                                                          "of peak"))
+    columns, keep = _shown(results)
+    return "\n".join(tables.markdown(columns, [[_row(r, machine)[i] for i in keep] for r in results]))
 
 
 def add_scaling(results: list[dict]) -> None:
@@ -117,8 +124,9 @@ def add_scaling(results: list[dict]) -> None:
 def terminal(results: list[dict], machine: str | None = None) -> str:
     """The results for the terminal (what `nin bench` prints): the Markdown table's rows as a rich
     table, numbers right-aligned, an untrusted result's mark in capitals instead of Markdown's bold."""
-    rows = [[cell.replace("**untrusted**", "UNTRUSTED") for cell in _row(r, machine)] for r in results]
-    return "\n".join(tables.text(COLUMNS, rows, right=NUMERIC))
+    columns, keep = _shown(results)
+    rows = [[_row(r, machine)[i].replace("**untrusted**", "UNTRUSTED") for i in keep] for r in results]
+    return "\n".join(tables.text(columns, rows, right=tuple(i for i, c in enumerate(columns) if c in NUMBERS)))
 
 
 def _load(doc: dict) -> str:
