@@ -227,13 +227,13 @@ VALUES = st.one_of(st.sampled_from(["nan", "inf", "-1", "0", "1", "2", "", " ", 
                    st.integers(-3, 70_000).map(str), st.floats(-1e3, 1e6).map(repr))
 NUMERIC = {  # command -> its numeric flags
     "train": ["--lr", "--momentum", "--warmup", "--weight-decay", "--batch-size", "--epochs", "--resize",
-              "--train-limit", "--test-limit", "--seed", "--max-loss", "--eval-every", "--timeout"],
+              "--train-limit", "--test-limit", "--seed", "--max-loss", "--eval-every", "--timeout", "--devices"],
     "lr-find": ["--lr", "--batch-size", "--resize", "--steps", "--min-lr", "--max-lr", "--seed", "--timeout",
                 "--train-limit"],
     "sweep": ["--batch-size", "--epochs", "--resize", "--seeds", "--margin", "--timeout"],
     "record": ["--timeout"],
     "conformance": ["--timeout", "--jobs"],
-    "bench": ["--batch-size", "--warmup", "--windows", "--steps", "--timeout"],
+    "bench": ["--batch-size", "--warmup", "--windows", "--steps", "--timeout", "--devices"],
 }
 START = {"train": ["--backend", "torch"], "lr-find": ["--backend", "torch"], "sweep": ["--backend", "torch"],
          "record": ["--backend", "torch", "--variant", "paper"], "bench": ["--backend", "torch", "--variant", "paper"],
@@ -255,7 +255,7 @@ IN_RANGE = {  # a value each flag accepts, on a small run
     "--resize": _ints(67, 128), "--train-limit": _ints(0, 60_000), "--test-limit": _ints(0, 10_000),
     "--seed": _ints(0, 100), "--max-loss": _floats(1, 1e3), "--eval-every": _ints(1, 5), "--timeout": _floats(1, 1e5),
     "--steps": _ints(1, 1000), "--min-lr": _floats(1e-5, 1e-3), "--max-lr": _floats(0.1, 10), "--seeds": _ints(1, 5),
-    "--margin": _floats(0.1, 5), "--jobs": _ints(1, 4), "--windows": _ints(1, 10)}
+    "--margin": _floats(0.1, 5), "--jobs": _ints(1, 4), "--windows": _ints(1, 10), "--devices": _ints(1, 4)}
 
 
 @st.composite
@@ -286,6 +286,9 @@ def _check_reached(command: str, call: tuple) -> None:
         assert recipes.memory_bytes(s, range_test_steps=steps) <= MEMORY_LIMIT
         assert kwargs["timeout"] is None or 0 < kwargs["timeout"] < 7 * 24 * 3600
         assert steps is None or 1 <= steps <= 100_000
+        extra = list(kwargs["extra"])
+        devices = int(extra[extra.index("--devices") + 1]) if "--devices" in extra else 1
+        recipes.check_devices(s, devices, s.train_limit or 60_000)  # every batch splits over the replicas
     elif kind == "record":
         assert 0 < kwargs["timeout"] < 7 * 24 * 3600 and str(kwargs["out"]).strip()
     else:
