@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import backends, calc
+from common import backends, calc, records
 from common import spec as specs
 from common.calc import CostError
 from common.fsio import OutputError, check_writable, exclusive
@@ -43,7 +43,6 @@ ENVIRONMENT = ("OMP_", "MKL_", "KMP_", "CUDA_", "NVIDIA_TF32", "XLA_", "TF_ENABL
 COMPILE_MODES = ("eager", "graph", "compiled", "plain")
 MOMENTUM = False  # every bench.make_step times plain SGD: no momentum buffer in memory or traffic
 LOOP_COMPILES = ("eager", "compiled")  # what the training loop (loop.make_trainer) takes, as `nin train --compile`
-MAX_DEVICES = 1024  # replicas: more than any machine this suite is run on
 MAX_BATCH = 1_000_000  # images per step: past this a batch's index overflows some frameworks' 32-bit sizes
 
 
@@ -83,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="timed windows; the median is reported (default: 5)")
     parser.add_argument("--steps", type=flags.count(1, 100_000), default=10,
                         help="steps per timed window (default: 10)")
-    parser.add_argument("--devices", nargs="+", action=flags.Distinct, type=flags.count(1, MAX_DEVICES), metavar="N",
+    parser.add_argument("--devices", nargs="+", action=flags.Distinct, type=flags.count(1, records.MAX_DEVICES),
+                        metavar="N",
                         help="time the training loop (loop.py, as `nin train --devices N` runs it: the resize, the "
                              "step, the engine's all-reduce; dropout off) on N data-parallel replicas of the "
                              "framework's own engine, for each N; the table's scaling column is images/s over N "

@@ -21,6 +21,7 @@ import numpy as np
 from common import backends, calc, schedule
 from common import spec as specs
 from common.data import CLASSES
+from common.records import MAX_DEVICES  # replicas of a data-parallel run, as of a data-parallel record
 
 OPTIMIZERS = ("sgd", "momentum")  # plain SGD (the chapter) or heavy-ball momentum, coupled L2 in both
 SCHEDULES = schedule.SCHEDULES  # after `warmup` epochs of linear warm-up from lr / warmup steps
@@ -182,9 +183,6 @@ def memory_bytes(s: Settings, *, range_test_steps: int | None = None) -> int:
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
     """Every image once per epoch; the last batch may be smaller (as the chapter's DataLoader does)."""
     return -(-train_images // batch_size)
-
-
-MAX_DEVICES = 1024  # replicas of a data-parallel run: more than any machine this suite is run on
 
 
 def check_devices(s: Settings, devices: int, train_images: int) -> None:
