@@ -54,7 +54,7 @@ test: setup
 portability: setup
 	$(VENV)/bin/python -m conformance.portability --report records/portability.md
 
-# Measure the error model's spreads again (common/error_model.json); about an hour on two cores.
+# Measure the error model's spreads again (conformance/error_model.json); about an hour on two cores.
 error-model: setup
 	$(NIN) error-model --write
 
@@ -68,7 +68,7 @@ clean:
 #   make setup GPU=1   .venv with PyTorch's and JAX's CUDA builds (requirements/gpu-*.txt), same versions
 #   make setup-gpu     the same, on its own
 #   make gpu-bundle    here, with PyPI: .whl/ = keras and what it needs (CPython 3.12, manylinux x86_64),
-#                      Fashion-MNIST, the `fast` error-model spreads (into common/error_model.json: minutes
+#                      Fashion-MNIST, the `fast` error-model spreads (into conformance/error_model.json: minutes
 #                      of CPU, once) and the GPU training runs to resume; fails over 60 MiB
 #   make gpu-session   on a CUDA machine that has PyTorch and JAX (no .venv there): the session in the
 #                      order of value under GPU_BUDGET seconds; results in GPU_OUT (scripts/gpu_session.sh)

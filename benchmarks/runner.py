@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import backends, calc, records
+from common import backends, calc
 from common import spec as specs
 from common.calc import CostError
 from common.fsio import OutputError, check_writable, exclusive
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="timed windows; the median is reported (default: 5)")
     parser.add_argument("--steps", type=flags.count(1, 100_000), default=10,
                         help="steps per timed window (default: 10)")
-    parser.add_argument("--devices", nargs="+", action=flags.Distinct, type=flags.count(1, records.MAX_DEVICES),
+    parser.add_argument("--devices", nargs="+", action=flags.Distinct, type=flags.count(1, backends.MAX_DEVICES),
                         metavar="N",
                         help="time the training loop (loop.py, as `nin train --devices N` runs it: the resize, the "
                              "step, the engine's all-reduce; dropout off) on N data-parallel replicas of the "

@@ -33,6 +33,9 @@ class Backend:
     title: str  # for people: the framework and its idiom
     compile_modes: tuple[str, ...]  # how its users run a model: "eager" and the framework's compiler(s)
     env: tuple[tuple[str, str], ...] = ()  # environment variables its process needs (Keras's backend)
+    # What it computes below float64 in an fp64 record, as its train.float64_limits() declares (a test holds
+    # the two alike): "all" for Keras on JAX and PyTorch, whose fp64 mode is float32 (docs/numerics.md)
+    float64_limits: tuple[str, ...] = ()
 
 
 REGISTERED = (
@@ -42,9 +45,9 @@ REGISTERED = (
             ("eager", "graph", "compiled"), (("KERAS_BACKEND", "tensorflow"),)),
     Backend("jax", "nin_jax", ("jax", "flax", "optax"), ".venv", "Flax NNX on JAX", ("eager", "compiled")),
     Backend("keras-jax", "nin_tf", ("keras", "jax"), ".venv", "Keras on JAX", ("eager", "compiled"),
-            (("KERAS_BACKEND", "jax"),)),
+            (("KERAS_BACKEND", "jax"),), ("all",)),
     Backend("keras-torch", "nin_tf", ("keras", "torch"), ".venv", "Keras on PyTorch", ("eager", "compiled"),
-            (("KERAS_BACKEND", "torch"),)),
+            (("KERAS_BACKEND", "torch"),), ("all",)),
 )
 EXTRA = "NIN_EXTRA_BACKENDS"  # backends added without editing this file (extra_backends)
 
@@ -66,11 +69,12 @@ def extra_backends(text: str) -> tuple[Backend, ...]:
     except json.JSONDecodeError as e:
         raise BackendError(f"${EXTRA}: not JSON ({e})") from None
     fields = [f.name for f in dataclasses.fields(Backend)]
+    required = [f.name for f in dataclasses.fields(Backend) if f.default is dataclasses.MISSING]
     out = []
     for entry in entries if isinstance(entries, list) else [entries]:
-        if not isinstance(entry, dict) or not set(fields[:-1]) <= set(entry) <= set(fields):
-            raise BackendError(f"${EXTRA}: each backend is an object with the fields {fields} (env optional), "
-                               f"got {entry!r}")
+        if not isinstance(entry, dict) or not set(required) <= set(entry) <= set(fields):
+            raise BackendError(f"${EXTRA}: each backend is an object with the fields {fields} "
+                               f"({', '.join(sorted(set(fields) - set(required)))} optional), got {entry!r}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
         values["env"] = tuple(dict(entry.get("env") or {}).items())
         out.append(Backend(**values))
@@ -229,6 +233,9 @@ class BenchModule(Protocol):
 
     def matmul_peak(self, device: str) -> dict | None:
         """The device's matmul TFLOP/s per precision as the framework reaches them, or None where not measured."""
+
+
+MAX_DEVICES = 1024  # replicas a data-parallel run or record may ask for: more than any machine this suite runs on
 
 
 class DistributedModule(Protocol):

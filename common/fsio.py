@@ -32,6 +32,12 @@ class OutputError(OSError):
     """An output path that cannot be written; the message names the path and the reason."""
 
 
+def cache_dir() -> Path:
+    """Where the suite keeps what it can compute again (references, compilation caches): $NIN_CACHE_DIR or
+    ~/.cache/nin."""
+    return Path(os.environ.get("NIN_CACHE_DIR") or Path.home() / ".cache" / "nin")
+
+
 def check_writable(path: str | Path, what: str = "output") -> Path:
     """Fail before the work is done when `path` cannot be written, and create nothing: it must not be
     a folder, a symbolic link or a special file (a FIFO, a device: a result would replace it with a

@@ -8,7 +8,7 @@ on its own (tests/test_backends.py, test_dropout_acts_in_training_only).
 `rounding=Rounding(unit, seed)` runs the same float64 computation with the rounding errors of a
 lower precision injected where such an implementation makes them (every dot product of a
 convolution, forward and backward; batch-norm statistics; averages; the weights stored after each
-step). common.errormodel runs a few such perturbed copies of a case to learn how far that precision
+step). conformance.errormodel runs a few such perturbed copies of a case to learn how far that precision
 alone can carry it: the error model behind every tolerance (docs/conformance.md).
 """
 

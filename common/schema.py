@@ -1,5 +1,5 @@
 """The schema layer in front of the suite's JSON input: pydantic models say what a spec
-(common/spec.py), a record's metadata (common/records.py) and a run's files and settings
+(common/spec.py), a record's metadata (conformance/records.py) and a run's files and settings
 (training/runs.py) hold, field by field (presence, type, range, no unknown field), and `check` turns
 the first failure into the one line every reader prints: the file (or source), the field's path,
 what was expected and what was there.

@@ -1,6 +1,6 @@
 """Records against the float64 reference and against each other: the checks of the matrix.
 
-Every numeric check is common.tolerances.judge with the bound of common.tolerances.bound: the same
+Every numeric check is conformance.tolerances.judge with the bound of conformance.tolerances.bound: the same
 function the backend tests call in-process (tests/test_backends.py). A bad record never raises here:
 it becomes a failed 'record' row that names the file and the problem, and a comparison that ends up
 checking nothing fails and says so.
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import calc, errormodel, provenance, weights
-from common.cases import Cases, as_kernels_see, reference_results, resumed_view
-from common.records import Record, RecordError, read_record
-from common.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
+from common import calc, provenance, weights
+from conformance import errormodel
+from conformance.cases import Cases, as_kernels_see, reference_results, resumed_view
+from conformance.records import Record, RecordError, read_record
+from conformance.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
 
 from .labels import copy_of, labels, versions_of
 
@@ -24,7 +25,7 @@ from .labels import copy_of, labels, versions_of
 @dataclass
 class Check:
     variant: str
-    check: str  # shapes, params, one of common.tolerances.CHECKS, or record (the file itself)
+    check: str  # shapes, params, one of conformance.tolerances.CHECKS, or record (the file itself)
     against: str  # "reference", "spec", another record's label, or "-"
     backend: str  # this record's label
     measured: float | None  # max |a - b| (elementwise checks) or ||a - b|| / ||b|| (norm checks)

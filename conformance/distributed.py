@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import calc, records, tables, weights
+from common import calc, tables, weights
 from common import spec as specs
-from common.cases import Cases, constant_rate_runs, inputs, training_batches
 from common.fsio import atomic_write_text
+from conformance import records
+from conformance.cases import Cases, constant_rate_runs, inputs, training_batches
 from harness import processes
 
 from .record import DTYPES, record_meta

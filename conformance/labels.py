@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from common.records import Record
+from conformance.records import Record
 
 
 def _kind_label(rec: Record) -> str:

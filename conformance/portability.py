@@ -26,10 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from common import backends
-from common import cases as case_lib
 from common import spec as specs
 from common.fsio import atomic_write_text, check_writable
-from common.records import read_record
+from conformance import cases as case_lib
+from conformance.records import read_record
 
 # name -> (environment, the modules whose kernels it can change: a backend is recorded on the path when it
 # requires one of them; "*" every backend), every oneDNN spelling set (MXNet 1.9 reads MKLDNN_, newer builds
@@ -144,7 +144,7 @@ def report(runs: list[dict], machine: dict, out_dir: Path) -> tuple[str, dict]:
         f"{' '.join(machine['flags'])})",
         f"- command: `{' '.join(['python', '-m', 'conformance.portability'] + sys.argv[1:])}`",
         "- each path: `nin conformance --compile eager` with the environment below; the ratio is the measured "
-        "error's share of its bound (common/tolerances.py); the goal is <= 0.5 everywhere",
+        "error's share of its bound (conformance/tolerances.py); the goal is <= 0.5 everywhere",
         "",
         "| path | environment | recorded | records whose tensors changed (bitwise, vs baseline) |",
         "|---|---|---|---|",

@@ -4,8 +4,8 @@
         --compile eager --out records/torch-cpu-fp32-eager.safetensors
 
 It imports the backend by the registry's name (harness.processes.load), computes every case of
-common.cases with the backend's own functions (`compute_variant`, which the tests call in-process
-too) and writes the record atomically (common.records.write_record).
+conformance.cases with the backend's own functions (`compute_variant`, which the tests call in-process
+too) and writes the record atomically (conformance.records.write_record).
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import calc, records, weights
+from common import calc, weights
 from common import spec as specs
 from common.backends import BackendError
-from common.cases import (
+from common.data import DataError
+from common.fsio import OutputError, check_writable
+from common.spec import SpecError
+from conformance import records
+from conformance.cases import (
     DATA_PARALLEL_PROBE,
     DROPOUT_PROBE,
     PROBE,
@@ -41,9 +45,6 @@ from common.cases import (
     scheduled_steps,
     training_batches,
 )
-from common.data import DataError
-from common.fsio import OutputError, check_writable
-from common.spec import SpecError
 from harness import processes
 
 DTYPES = records.DTYPES  # a precision -> the dtype its record holds
@@ -87,7 +88,7 @@ def _run_tensors(prefix: str, losses: list, evals: list, final: dict) -> dict[st
 
 def scheduled_run(loop_mod, spec, *, cases: Cases, data: TrainingData, device: str, precision: str,
                   compile: str) -> dict[str, np.ndarray]:
-    """The scheduled case (common.cases) and its midpoint checkpoint, keys without the variant."""
+    """The scheduled case (conformance.cases) and its midpoint checkpoint, keys without the variant."""
     spec = spec.with_dropout(0.0)
     losses, evals, state, middle = _epochs(loop_mod, spec, (weights.init(spec, cases.init_seed), {}, 0), 0,
                                            cases=cases, data=data, device=device, precision=precision,
@@ -259,7 +260,7 @@ def _arguments(argv: list[str] | None):
     p.add_argument("--backend", required=True)
     p.add_argument("--variant", nargs="+", help="variant names or .json specs (or --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="the quick tier's case instead: common.cases.PROBE with PROBE_CASES")
+                   help="the quick tier's case instead: conformance.cases.PROBE with PROBE_CASES")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--precision", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--compile", default="eager", choices=("eager", "compiled"))

@@ -2,7 +2,7 @@
 
     wheels.py   the wheels of requirements/offline-gpu.txt: downloaded here, installed there offline
     bundle.py   `make gpu-bundle`: .whl/ = those wheels, Fashion-MNIST, the `fast` error-model spreads
-                checked into common/error_model.json, and the training runs to resume; at most 60 MiB
+                checked into conformance/error_model.json, and the training runs to resume; at most 60 MiB
     plan.py     what the session runs: its configuration and every step's command, in the order of value
     session.py  the step runner: subprocess groups under one deadline (an injectable clock)
     order.py    the run itself: headline, records and compare, the benchmark grid, training

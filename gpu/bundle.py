@@ -8,7 +8,7 @@
   wheels         requirements/offline-gpu.txt at requirements/main.txt's versions, CPython 3.12,
                  manylinux x86_64 (gpu.wheels): Keras and what it needs beside PyTorch and JAX
   fashion-mnist  the four files, verified (common.data)
-  spreads        the error model's `fast` spreads of the session's variants, in common/error_model.json
+  spreads        the error model's `fast` spreads of the session's variants, in conformance/error_model.json
                  (the committed store, keyed by each case's hash): measured here once, with float64
                  arithmetic and seeded draws, so that no error model runs on the device. A variant
                  already stored costs nothing; one cached on this machine is stored from the cache
@@ -67,10 +67,10 @@ def copy_data(dest: Path, source: Path | None = None) -> Path:
 
 # --- the error model's spreads --------------------------------------------------------------------
 def missing_spreads(variants: list[str], precision: str = "fast") -> list[str]:
-    """The variants whose spreads in `precision` common/error_model.json does not hold."""
-    from common import errormodel
+    """The variants whose spreads in `precision` conformance/error_model.json does not hold."""
     from common import spec as specs
-    from common.cases import Cases
+    from conformance import errormodel
+    from conformance.cases import Cases
 
     try:
         stored = json.loads(errormodel.STORE.read_text())
@@ -81,10 +81,10 @@ def missing_spreads(variants: list[str], precision: str = "fast") -> list[str]:
 
 def measure_spreads(variant: str, precision: str = "fast") -> float:
     """Spreads of one variant (this machine's cache, else measured: minutes of CPU for a d2l variant),
-    stored in common/error_model.json; returns the seconds it took."""
-    from common import errormodel
+    stored in conformance/error_model.json; returns the seconds it took."""
     from common import spec as specs
-    from common.cases import Cases
+    from conformance import errormodel
+    from conformance.cases import Cases
 
     start = time.perf_counter()
     spec, cases = specs.get(variant), Cases()
@@ -99,7 +99,7 @@ def ensure_spreads(variants: list[str], precision: str = "fast", *, jobs: int = 
     """Store the spreads the session's compare needs and the store lacks; variant -> seconds taken."""
     missing = missing_spreads(variants, precision)
     for v in sorted(set(variants) - set(missing)):
-        log(f"spreads {v} {precision}: in common/error_model.json already")
+        log(f"spreads {v} {precision}: in conformance/error_model.json already")
     if not missing:
         return {}
     jobs = jobs or min(len(missing), os.cpu_count() or 1)
@@ -107,7 +107,7 @@ def ensure_spreads(variants: list[str], precision: str = "fast", *, jobs: int = 
     with ProcessPoolExecutor(jobs) as pool:
         seconds = dict(zip(missing, pool.map(measure_spreads, missing, [precision] * len(missing))))
     for v, s in seconds.items():
-        log(f"spreads {v} {precision}: stored in common/error_model.json after {s:.0f} s")
+        log(f"spreads {v} {precision}: stored in conformance/error_model.json after {s:.0f} s")
     return seconds
 
 

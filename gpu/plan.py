@@ -51,11 +51,13 @@ GRID = (
     ("train", "fp32", "eager", (64, 512), False),
     ("infer", "fp32", "eager", (64, 512), False),
 )
-# Seconds per benchmark configuration on an H100/H200 (process start, compilation, warm-up, timing):
-# first guesses. A step whose estimate does not fit is skipped; each measurement replaces its guess.
-BENCH_ESTIMATE = {("torch", "eager"): 15, ("torch", "compiled"): 60, ("jax", "eager"): 25, ("jax", "compiled"): 20,
-                  ("keras-jax", "eager"): 30, ("keras-jax", "compiled"): 25, ("keras-torch", "eager"): 25,
-                  ("keras-torch", "compiled"): 80}
+# Seconds per benchmark configuration on an H100/H200 (process start, compilation, warm-up, timing), by the
+# modules a backend requires and the compile mode: first guesses. A step whose estimate does not fit is
+# skipped; each measurement replaces its guess (bench_key).
+BENCH_ESTIMATE = {(("torch",), "eager"): 15, (("torch",), "compiled"): 60,
+                  (("jax", "flax", "optax"), "eager"): 25, (("jax", "flax", "optax"), "compiled"): 20,
+                  (("keras", "jax"), "eager"): 30, (("keras", "jax"), "compiled"): 25,
+                  (("keras", "torch"), "eager"): 25, (("keras", "torch"), "compiled"): 80}
 HEADLINE_LIMIT = 180  # seconds for one backend's headline: a compiler that takes longer must not starve the rest
 PEAK_ESTIMATE = 30  # the first probe: import, API checks, three 8192^3 matmul rates (PyTorch's)
 RECORD_ESTIMATE = 45  # one record of the three variants on the GPU (process start included)
@@ -173,7 +175,7 @@ def bench_step(cfg: Config, name: str, *, backend: str, group: tuple, phase: str
               precision, "--compile", compile, "--batch-size", *map(str, sizes), "--device", cfg.device,
               "--warmup", str(cfg.warmup), "--windows", str(cfg.windows), "--steps", str(cfg.steps),
               "--out", str(out)) + (["--verify"] if verify else [])
-    key = (backend, "compiled" if compile == "plain" else compile)
+    key = bench_key(backend, compile)
     estimate = cfg.estimates.get(key, 0) * len(sizes) * (2 if verify else 1)
     return Step(f"{phase} {name}", phase, cmd, timeout=cfg.budget, ok_codes=(0, 1), estimate=estimate,
                 meta={"backend": backend, "key": key, "configs": len(sizes) * (2 if verify else 1),
@@ -225,7 +227,7 @@ def record_lanes(cfg: Config, names: list[str]) -> dict[str, list[Step]]:
 
 def reference_steps(cfg: Config) -> list[Step]:
     """The float64 reference of each variant, on the CPU: `nin error-model` computes it (and reads the
-    spreads of every precision from common/error_model.json, where `make gpu-bundle` put `fast`'s)."""
+    spreads of every precision from conformance/error_model.json, where `make gpu-bundle` put `fast`'s)."""
     return [Step(f"reference {Path(v).stem}", "reference",
                  nin(cfg, "error-model", "--variant", v, "--precision", *cfg.precisions), timeout=cfg.budget,
                  env=cpu_env(), background=True, meta={"variant": v}) for v in cfg.variants]
@@ -240,6 +242,12 @@ def compare_step(cfg: Config, records: list[str]) -> Step:
 def train_dir(cfg: Config, backend: str) -> Path:
     """Where a training run lives: the layout of `nin sweep` (variant / backend / seed)."""
     return cfg.work / "train" / Path(cfg.train_variant).stem / backend / "seed0"
+
+
+def bench_key(backend: str, compile: str) -> tuple:
+    """What a benchmark step's time is estimated and learned by: the modules the backend requires, and its
+    compile mode (the plain step compiles as `compiled` does)."""
+    return backends.get(backend).requires, "compiled" if compile == "plain" else compile
 
 
 def carried_run(cfg: Config, backend: str) -> Path:

@@ -8,6 +8,7 @@ parsed, and a value outside it is one line naming the flag (argparse adds `argum
     path                   a path that is not empty (`--out ""` must not mean the default)
     Distinct               an nargs="+" list in which no value is given twice (`--backend torch torch`
                            would run two workers on one file)
+    UsageError             flags that parse but cannot work together (the `nin` command prints it as one line)
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import argparse
 import math
 
 WEEK_S = 7 * 24 * 3600
+
+
+class UsageError(ValueError):
+    """A flag or argument that cannot work; the message names it."""
 
 
 def count(low: int, high: int):

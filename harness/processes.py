@@ -152,7 +152,7 @@ def xla_cache_environment() -> dict[str, str]:
     a second to compile unless told otherwise. Cached, a second run loads them instead (measured: the
     Flax record of paper and d2l-bn, 64 s cold, 23 s warm). The cached programs are the compiled ones:
     numerics do not change. Other frameworks ignore these variables."""
-    from common.cases import cache_dir
+    from common.fsio import cache_dir
 
     return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "xla"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

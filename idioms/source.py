@@ -206,8 +206,8 @@ MATRIX_TEST = "tests/test_backends.py::test_matches_reference"  # runs every mat
 
 
 def check_names() -> dict[str, str]:
-    """The conformance matrix's checks: name -> the record keys it covers (common.tolerances.CHECKS)."""
-    from common.tolerances import CHECKS  # NumPy only: no framework
+    """The conformance matrix's checks: name -> the record keys it covers (conformance.tolerances.CHECKS)."""
+    from conformance.tolerances import CHECKS  # NumPy only: no framework
     return dict(CHECKS)
 
 
@@ -249,7 +249,7 @@ def note_problems(note: Note, checks: dict[str, str], mutations: facts.Mutations
             cited_test(test_id, root=root)
         except IdiomsError as e:
             problems.append(str(e))
-    problems += [f"check {name!r} is not a conformance check (common.tolerances.CHECKS: {sorted(checks)})"
+    problems += [f"check {name!r} is not a conformance check (conformance.tolerances.CHECKS: {sorted(checks)})"
                  for name in note.checks if name not in checks]
     if mutations is not None:
         for name in note.planted_bugs:

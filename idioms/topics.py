@@ -8,7 +8,7 @@ functions need no edit of a backend file).
 
 A `Note` is one difference that matters, in one sentence, with its evidence:
     evidence      test ids, "tests/<file>.py::<test function>" (a parametrized test by its function name)
-    checks        conformance-matrix checks, names in common.tolerances.CHECKS (each judged for every
+    checks        conformance-matrix checks, names in conformance.tolerances.CHECKS (each judged for every
                   record by `nin compare`, and in the tests by tests/test_backends.py::test_matches_reference)
     planted_bugs  planted bugs by their name in tests/mutations.py's catalogue; each must be caught, in every
                   run that results/mutations/*.json holds of it, by every check the note cites (by some

@@ -153,8 +153,8 @@ def good(tmp_path_factory, cache, data_dir):
 
     from tiny_records import CASES, metadata, synthetic_tensors, tiny
 
-    from common import records
-    from common.cases import reference_results
+    from conformance import records
+    from conformance.cases import reference_results
     from nin import cli
 
     path = tmp_path_factory.mktemp("good") / "torch.safetensors"

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from common import tables
-from common.cases import DATA_PARALLEL_PROBE, PROBE, PROBE_CASES
 from common.fsio import atomic_write_text
 from conformance import distributed
+from conformance.cases import DATA_PARALLEL_PROBE, PROBE, PROBE_CASES
 from conformance.compare import compare
 from harness import processes
 

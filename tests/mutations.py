@@ -6,7 +6,7 @@ in this process: it wraps `build` to alter the network, the layout converter (`t
 The backends' files are never edited. `judge` then computes the backend's values for every case of
 the matrix (conformance.record.compute_variant) on a reduced case, PROBE and CASES, and judges them
 with the matrix's own functions (conformance.compare: check_structure and check_values, the bounds of
-common.tolerances). tests/test_mutations.py asserts that every mutant fails the checks its entry
+conformance.tolerances). tests/test_mutations.py asserts that every mutant fails the checks its entry
 names and that the unmutated backend passes the same case; this module's command writes the table:
 
     python -m tests.mutations --report docs/mutations.md     # this environment's backends
@@ -19,7 +19,7 @@ padded max pool whose ceil mode adds a row, a dropout rate whose complement diff
 for rate is 0.25; 0.5 would hide it), batch norm in one block. Its constants are exact in float32
 (lr 1/16, momentum 7/8, weight decay 2^-10, batch-norm momentum 7/8 and epsilon 2^-16, dropout
 scale 1 / (1 - 0.75) = 4): MXNet's kernels take the first four as 32-bit floats (the matrix
-allows for it: common.cases.as_kernels_see, mirrored here), and the PyTorch, Flax and MXNet
+allows for it: conformance.cases.as_kernels_see, mirrored here), and the PyTorch, Flax and MXNet
 backends run the dropout probe, which has no parameters, in float32 even in fp64 (`to_input` takes
 the dtype of the first parameter, else float32): for rate 0.3 the float32 scale alone is ~1e6 times
 the fp64 bound of the dropout check. So in fp64 the unmutated backends pass, and a mutant is told
@@ -44,12 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import backends, errormodel, tables, weights
-from common.cases import PROBE, PROBE_CASES, as_kernels_see, reference_results, training_batches
+from common import backends, tables, weights
 from common.fsio import atomic_write_text, check_writable
-from common.records import Record
 from common.spec import NetSpec, NiNBlock
-from common.tolerances import CHECKS
+from conformance import errormodel
+from conformance.cases import PROBE, PROBE_CASES, as_kernels_see, reference_results, training_batches
 from conformance.compare import (
     Check,
     as_updates,
@@ -60,9 +59,11 @@ from conformance.compare import (
     for_convention,
 )
 from conformance.record import compute_variant
+from conformance.records import Record
+from conformance.tolerances import CHECKS
 from harness import processes
 
-CASES = PROBE_CASES  # with PROBE, common.cases' reduced case: `nin conformance --quick` runs this same case
+CASES = PROBE_CASES  # with PROBE, conformance.cases' reduced case: `nin conformance --quick` runs this same case
 STRUCTURE = ("shapes", "params")  # compare.check_structure's rows, judged with the numeric checks
 ALL_CHECKS = STRUCTURE + tuple(CHECKS)
 

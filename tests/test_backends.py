@@ -2,7 +2,7 @@
 
 The numeric tests compute the conformance matrix's own cases in this process
 (conformance.record.compute_variant) and judge them with the matrix's own function
-(conformance.compare.check_values, the bounds of common.tolerances): one error model for the tests
+(conformance.compare.check_values, the bounds of conformance.tolerances): one error model for the tests
 and the matrix (tests/test_conformance.py holds the two equal). A backend whose framework is absent
 here skips with the reason (fails under NIN_REQUIRE).
 """
@@ -10,13 +10,14 @@ here skips with the reason (fails under NIN_REQUIRE).
 import numpy as np
 import pytest
 
-from common import backends, calc, errormodel, reference, weights
-from common.cases import Cases, reference_results, training_batches
+from common import backends, calc, reference, weights
 from common.spec import Dropout, Flatten, GlobalAvgPool, NetSpec, NiNBlock
-from common.tolerances import CHECKS, bound, judge
 from common.weights import WeightsError
+from conformance import errormodel
+from conformance.cases import Cases, reference_results, training_batches
 from conformance.compare import as_updates, bounds_for, check_values, for_convention, reference_as_seen
 from conformance.record import compute_variant
+from conformance.tolerances import CHECKS, bound, judge
 from harness import processes
 
 CASES = Cases()

@@ -11,7 +11,7 @@ Every case asserts the contract of docs/bad-inputs.md:
   passes; an interrupted write leaves the old file or the new one and no temporary.
 
 The records are synthetic and tiny (an 8x8 network whose float64 reference takes a second),
-written with common.records.write_record from the reference's own values: a valid record that
+written with conformance.records.write_record from the reference's own values: a valid record that
 passes, which each case then damages in one place.
 """
 
@@ -35,12 +35,12 @@ import pytest
 from conftest import HANG_S
 from tiny_records import CASES, metadata, synthetic_tensors, tiny
 
-from common import backends, data, records
+from common import backends, data
 from common import spec as specs
-from common.cases import Cases, reference_results
 from common.fsio import OutputError, atomic_path, check_writable, stale_temporaries
 from common.spec import Flatten, GlobalAvgPool, NetSpec, NiNBlock
-from conformance import compare
+from conformance import compare, records, sweep
+from conformance.cases import Cases, reference_results
 from harness import processes
 from nin import cli
 
@@ -890,7 +890,7 @@ def test_conformance_goes_on_after_a_backend_fails(good, tmp_path, monkeypatch):
         shutil.copy(good, out)
         return subprocess.CompletedProcess([], 0, "", "")
 
-    monkeypatch.setattr(cli, "run_record", fake_record)
+    monkeypatch.setattr(sweep, "run_record", fake_record)
     r = nin("conformance", "--backend", "mxnet", "torch", "--variant", "paper", "--precision", "fp32",
             "--compile", "eager", "--out-dir", tmp_path / "records", "--report", tmp_path / "m.md")
     assert r.code == 1, r
@@ -930,13 +930,13 @@ def test_conformance_records_in_parallel_and_lists_them_in_registry_order(good, 
                 others_done.set()
         return subprocess.CompletedProcess([], 0, "", "")
 
-    monkeypatch.setattr(cli, "run_record", fake_record)
+    monkeypatch.setattr(sweep, "run_record", fake_record)
     compared = []
-    monkeypatch.setattr(cli, "_compare_and_write", lambda args: compared.extend(args.records) or 0)
+    monkeypatch.setattr(sweep, "compare_and_write", lambda args: compared.extend(args.records) or 0)
     r = nin("conformance", "--backend", "mxnet", "torch", "jax", "--variant", "paper", "--precision", "fp32",
             "--compile", "eager", "--jobs", "2", "--out-dir", tmp_path / "records")
     assert r.code == 0 and most[0] == 2 and done[-1] == "mxnet", (r, most, done)
-    assert [Path(m).name for m in compared] == [cli.record_name(b, device="cpu", precision="fp32", compile="eager")
+    assert [Path(m).name for m in compared] == [sweep.record_name(b, device="cpu", precision="fp32", compile="eager")
                                                 for b in ("mxnet", "torch", "jax")], compared
     took = json.loads((Path(os.environ["NIN_CACHE_DIR"]) / "record-seconds.json").read_text())
     assert all(took[f"{b} fp32 eager paper"] >= 0 for b in ("mxnet", "torch", "jax")), took

@@ -273,7 +273,7 @@ def test_download_verifies_and_falls_back_to_the_next_mirror(tmp_path, data_dir,
 # --- the boundary --------------------------------------------------------------------------------
 def test_importing_common_pulls_in_no_framework():
     code = ("import sys, common, common.spec, common.calc, common.reference, common.weights, common.data, "
-            "common.cases, common.records, common.backends, common.tolerances, common.fsio, common.tables\n"
+            "conformance.cases, conformance.records, common.backends, conformance.tolerances, common.fsio, common.tables\n"
             "bad = sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax', 'optax', 'mxnet') if m in sys.modules)\n"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import backends, errormodel, weights
-from common.cases import Cases, reference_results, training_batches
-from common.records import read_record
-from common.tolerances import CHECKS
-from conformance import compare, matrix
+from common import backends, weights
+from conformance import compare, errormodel, matrix
+from conformance.cases import Cases, reference_results, training_batches
 from conformance.compare import as_updates, bounds_for, check_values, for_convention, reference_as_seen
 from conformance.record import compute_variant
+from conformance.records import read_record
+from conformance.sweep import run_record
+from conformance.tolerances import CHECKS
 from harness import processes
-from nin.cli import run_record
 
 pytestmark = pytest.mark.main_env  # records every backend through its own interpreter: run once
 

@@ -19,8 +19,8 @@ import pytest
 from distributed_mutations import CATALOGUE  # tests/: framework-free
 from tiny_records import CASES, metadata, tiny
 
-from common import backends, records
-from conformance import distributed
+from common import backends
+from conformance import distributed, records
 from harness import processes
 
 pytestmark = pytest.mark.main_env  # each backend runs in its own interpreter: once is enough

@@ -14,7 +14,7 @@ import pytest
 from common import reference as R
 from common import spec as S
 from common import weights
-from common.cases import Cases, inputs
+from conformance.cases import Cases, inputs
 
 U32 = 2.0 ** -24
 

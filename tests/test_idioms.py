@@ -38,7 +38,7 @@ REGENERATE = f"regenerate it: .venv/bin/{render.COMMAND}"
 
 def test_every_cited_definition_test_and_check_exists():
     """Every cut finds its definitions, every cited test function exists (read with ast), every check is
-    one of common.tolerances.CHECKS, and a note without evidence says what is not proven."""
+    one of conformance.tolerances.CHECKS, and a note without evidence says what is not proven."""
     problems = source.verify(TOPICS)
     assert not problems, "\n".join(problems)
 

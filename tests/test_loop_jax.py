@@ -3,7 +3,7 @@
 checkpoints (export_state / load_state), a bitwise resume, and PyTorch's checkpoints continued in Flax.
 
 Everything runs in float64 on the CPU (jax_enable_x64 on for this module only), on the tiny
-common.cases.PROBE network, so that 1e-10 separates a right SGD from a wrong one."""
+conformance.cases.PROBE network, so that 1e-10 separates a right SGD from a wrong one."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import require_backend
 
-from common import calc, cases, reference, weights
+from common import calc, reference, weights
 from common.data import input_matrices
+from conformance import cases
 from harness import processes
 
 SPEC = cases.PROBE

@@ -3,11 +3,11 @@
 MXNet's num_update, framework-neutral checkpoints (export_state / load_state), a bitwise resume, and
 canonical (PyTorch-written) checkpoints continued in Gluon.
 
-Everything runs in float64 on the CPU, on the tiny common.cases.PROBE network, so that 1e-10 separates
+Everything runs in float64 on the CPU, on the tiny conformance.cases.PROBE network, so that 1e-10 separates
 a right SGD from a wrong one. MXNet's optimizer is exact: the rate is the float64 table's entry as it
 is, momentum and weight decay as given (a float32 rate is ~1e-8 off: the reduced case's fp64 scheduled
 check then fails by ~6e5 times its bound). Only batch norm's momentum is a float32 in MXNet's kernel
-(model.HYPERPARAMETERS == "float32", common.cases.as_kernels_see)."""
+(model.HYPERPARAMETERS == "float32", conformance.cases.as_kernels_see)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import require_backend
 
-from common import calc, cases, reference, weights
+from common import calc, reference, weights
 from common.data import input_matrices
+from conformance import cases
 from harness import processes
 
 SPEC = cases.PROBE
@@ -220,7 +221,8 @@ def test_reference_checkpoint_continues(mx):
 TORCH_RUN = textwrap.dedent("""
     import sys
     import numpy as np
-    from common import cases, weights
+    from common import weights
+    from conformance import cases
     from harness import processes
     loop = processes.load("torch", "loop")
     spec = cases.PROBE.with_dropout(0.0)

@@ -5,7 +5,7 @@ checkpoints continued in Keras.
 
 The Keras backend is the one KERAS_BACKEND names (tensorflow when unset): run this file once per
 backend. Everything runs in float64 on the CPU (train.configure(..., "fp64"), as the matrix does),
-on the tiny common.cases.PROBE network, so that 1e-10 separates a right SGD from a wrong one where
+on the tiny conformance.cases.PROBE network, so that 1e-10 separates a right SGD from a wrong one where
 Keras keeps float64 (TensorFlow); where its type promotion computes in float32 (JAX, PyTorch:
 train.float64_limits), the tolerance is float32's."""
 
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from conftest import require_backend
 
-from common import calc, cases, reference, weights
+from common import calc, reference, weights
 from common.data import input_matrices
+from conformance import cases
 from harness import processes
 
 BACKEND = {"tensorflow": "keras-tf", "jax": "keras-jax", "torch": "keras-torch"}.get(

@@ -36,6 +36,7 @@ from hypothesis import strategies as st  # noqa: E402
 from test_bad_inputs import ROOT, damaged  # noqa: E402
 from tiny_records import metadata, tiny  # noqa: E402
 
+from conformance import sweep  # noqa: E402
 from harness import processes  # noqa: E402
 from nin import cli  # noqa: E402
 from training import cli as training_cli  # noqa: E402
@@ -270,10 +271,10 @@ def command_lines(draw) -> tuple[str, list[str]]:
 
 def _stand_in(monkeypatch) -> None:
     """Every worker replaced by one that raises Reached with what it was given."""
-    monkeypatch.setattr(cli, "run_record", lambda *a, **k: (_ for _ in ()).throw(Reached(("record", a, k))))
+    monkeypatch.setattr(sweep, "run_record", lambda *a, **k: (_ for _ in ()).throw(Reached(("record", a, k))))
     monkeypatch.setattr(training_cli, "run_worker", lambda *a, **k: (_ for _ in ()).throw(Reached(("train", a, k))))
     monkeypatch.setattr(processes, "call", lambda *a, **k: (_ for _ in ()).throw(Reached(("bench", a, k))))
-    monkeypatch.setattr(cli, "_references_ahead", lambda *a, **k: None)  # no reference thread left running
+    monkeypatch.setattr(sweep, "references_ahead", lambda *a, **k: None)  # no reference thread left running
 
 
 def _check_reached(command: str, call: tuple) -> None:

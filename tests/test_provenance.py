@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from common import provenance
-from common.cases import Cases
-from common.records import Record
 from conformance import compare, matrix
+from conformance.cases import Cases
+from conformance.records import Record
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -1,5 +1,5 @@
 """The quick tier, `nin conformance --quick`: every installed backend recorded on the small probe
-network (common.cases.PROBE, PROBE_CASES), fp32 and fp64, eager, and compared as the full matrix
+network (conformance.cases.PROBE, PROBE_CASES), fp32 and fp64, eager, and compared as the full matrix
 compares. It is the case every planted bug is judged on (tests/mutations.py), so it catches what the
 catalogue plants; the tests below show that end to end, with a planted bug applied inside the real
 worker process (its interpreter wrapped by NIN_PYTHON_<BACKEND>, as tests/test_bad_inputs.py does)."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import mutations
 import pytest
 
-from common import cases
+from conformance import cases
 from harness import processes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,11 +24,11 @@ import pytest
 from test_bad_inputs import ROOT, damaged, failed_check, nin, setting, usage_error
 from tiny_records import CASES, tiny
 
-from common import calc, fsio, records
+from common import backends, calc, fsio
 from common import spec as specs
 from common.spec import NetSpec, NiNBlock
+from conformance import records, sweep
 from harness import processes
-from nin import cli
 from training import cli as training_cli
 from training import recipe as recipes
 from training import runs
@@ -48,7 +48,7 @@ def no_worker(*args, **kwargs):
 @pytest.fixture
 def workerless(monkeypatch):
     """Every way a command starts a worker fails the test."""
-    monkeypatch.setattr(cli, "run_record", no_worker)
+    monkeypatch.setattr(sweep, "run_record", no_worker)
     monkeypatch.setattr(training_cli, "run_worker", no_worker)
     monkeypatch.setattr(processes, "call", no_worker)
     monkeypatch.setenv("NIN_MEMORY_LIMIT", str(16 * 2**30))  # one answer on every machine
@@ -326,13 +326,13 @@ def test_a_record_declares_the_float64_limits_its_backend_declares(good, tmp_pat
 
 @pytest.mark.main_env
 def test_the_table_of_float64_limits_is_what_each_backend_declares():
-    """records.DECLARED_FLOAT64_LIMITS against each backend's own train.float64_limits(), asked in the
+    """The registry's float64_limits against each backend's own train.float64_limits(), asked in the
     backend's own interpreter and environment (all at once)."""
     code = ("import json, sys; from harness import processes; "
             "print(json.dumps(sorted(processes.load(sys.argv[1], 'train').float64_limits())))")
     procs = {b: subprocess.Popen([processes.python_for(b), "-c", code, b], cwd=ROOT, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=processes.environment_for(b))
-             for b in records.DECLARED_FLOAT64_LIMITS}
+             for b in backends.BACKENDS}
     answers = {}
     for b, proc in procs.items():
         out, err = proc.communicate()
@@ -341,7 +341,7 @@ def test_the_table_of_float64_limits_is_what_each_backend_declares():
         elif "No module named" not in err:
             pytest.fail(f"{b}: {err[-2000:]}")
     assert answers, "no backend could be asked"
-    assert {b: sorted(records.DECLARED_FLOAT64_LIMITS[b]) for b in answers} == answers
+    assert {b: sorted(backends.get(b).float64_limits) for b in answers} == answers
 
 
 def test_bench_on_a_gpu_that_is_not_there_writes_nothing(tmp_path, workerless, monkeypatch):
@@ -364,7 +364,7 @@ def test_a_record_of_another_network_is_not_replaced_without_overwrite(good, tmp
     out = tmp_path / "r.safetensors"
     shutil.copy(good, out)  # a torch cpu fp32 eager record of `tiny`
     calls = []
-    monkeypatch.setattr(cli, "run_record", _fake_record(good, calls))
+    monkeypatch.setattr(sweep, "run_record", _fake_record(good, calls))
     line = usage_error(nin("record", "--backend", "torch", "--variant", "paper", "--out", out), "--out", out,
                        "['tiny']", "['paper']", "would be lost", "--overwrite")
     assert "torch cpu fp32 eager" in line and not calls and out.read_bytes() == good.read_bytes()
@@ -381,8 +381,8 @@ def test_a_record_of_another_network_is_not_replaced_without_overwrite(good, tmp
 def test_conformance_does_not_replace_records_of_other_variants(good, tmp_path, monkeypatch):
     folder = tmp_path / "records"
     folder.mkdir()
-    shutil.copy(good, folder / cli.record_name("torch", device="cpu", precision="fp32", compile="eager"))
-    monkeypatch.setattr(cli, "run_record", no_worker)
+    shutil.copy(good, folder / sweep.record_name("torch", device="cpu", precision="fp32", compile="eager"))
+    monkeypatch.setattr(sweep, "run_record", no_worker)
     usage_error(nin("conformance", "--backend", "torch", "--variant", "paper", "--precision", "fp32", "--compile",
                     "eager", "--out-dir", folder), "--out", "['tiny']", "would be lost")
 

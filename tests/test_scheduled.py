@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from common import cases as case_lib
-from common.cases import PROBE_CASES, Cases, resumed_view, scheduled_lrs, scheduled_steps
-from common.tolerances import CHECKS, judge_dropout
+from conformance import cases as case_lib
+from conformance.cases import PROBE_CASES, Cases, resumed_view, scheduled_lrs, scheduled_steps
 from conformance.compare import bounds_for
+from conformance.tolerances import CHECKS, judge_dropout
 from harness import processes
 
 
@@ -36,7 +36,7 @@ def test_the_resumed_view_is_the_run_after_its_midpoint():
 
 def test_every_scheduled_quantity_has_a_bound(data_dir):
     """The error model measures every scheduled quantity, and resumed_view applies to the bounds too."""
-    from common import errormodel
+    from conformance import errormodel
     ref = case_lib.reference_results(case_lib.PROBE, PROBE_CASES, data_dir)
     bounds = bounds_for(ref, errormodel.spreads(case_lib.PROBE, PROBE_CASES, "fp64", data_dir), "fp64")
     scheduled = [k for k in ref if k.startswith("scheduled/")]

@@ -1,5 +1,5 @@
 """The schema layer (common/schema.py): the pydantic models in front of a spec (common/spec.py), a
-record's metadata (common/records.py) and a run's settings (training/runs.py). For each input a
+record's metadata (conformance/records.py) and a run's settings (training/runs.py). For each input a
 wrong type, an unknown field and a missing field is one line naming the file, the field, what was
 expected and what was there (never pydantic's own report of several lines), and a valid input
 still loads."""
@@ -12,8 +12,9 @@ import json
 import pytest
 from tiny_records import metadata, synthetic_tensors, tiny
 
-from common import records, schema
+from common import schema
 from common import spec as specs
+from conformance import records
 from nin import cli
 from training import recipe, runs
 

@@ -16,12 +16,10 @@ EXCEPTIONS = {
     "tests/mutations.py": "the catalogue of planted bugs, one patch per framework and bug: a table",
     "tests/test_bad_inputs.py": "one test per bad input of every command; to be split by command (lead)",
     "tests/test_reliability.py": "interruptions, time-outs and resumes of every driver; to be split by driver (lead)",
-    # common/, conformance/, nin/ and training/: being changed by others now; the lead splits them later
+    # one module each, read top to bottom; each is a candidate to split next
     "common/spec.py": "the spec's layer types, validation, JSON form and variants; TrainConfig and recipe() go",
     "common/reference.py:forward": "the float64 oracle's forward, one branch per layer kind, with its gradients' cache",
     "conformance/compare.py:compare": "every check of a record against the reference and its peers, in one pass",
-    "nin/cli.py": "the conformance commands still live here; they move to conformance/cli.py (issue 23, item 4)",
-    "nin/cli.py:parser": "the conformance commands' options, until they move to conformance/cli.py",
     "training/cli.py": "nin train, sweep, report, plot and lr-find in one module",
     "training/report.py": "the agreement report: TOST, Holm, the power calculation and the tables",
     "training/plots.py:plot_runs": "the d2l-style curves: one figure, every panel",

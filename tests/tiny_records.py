@@ -7,9 +7,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from common import calc, records
-from common.cases import Cases
+from common import calc
 from common.spec import Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
+from conformance import records
+from conformance.cases import Cases
 
 CASES = Cases(batch=2, steps=2, train_batch=2, momentum_steps=2)
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from common import backends, calc, schedule
 from common import spec as specs
+from common.backends import MAX_DEVICES  # replicas of a data-parallel run
 from common.data import CLASSES
-from common.records import MAX_DEVICES  # replicas of a data-parallel run, as of a data-parallel record
 
 OPTIMIZERS = ("sgd", "momentum")  # plain SGD (the chapter) or heavy-ball momentum, coupled L2 in both
 SCHEDULES = schedule.SCHEDULES  # after `warmup` epochs of linear warm-up from lr / warmup steps

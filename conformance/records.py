@@ -1,6 +1,6 @@
 """The conformance record format: one safetensors file of arrays plus JSON metadata, and its validation.
 
-A record holds what one backend computed for the cases of common.cases (logits, loss,
+A record holds what one backend computed for the cases of conformance.cases (logits, loss,
 per-parameter gradients, the losses and final weights of two short training runs, per variant) as
 tensors, and everything else (versions, device, precision, compile mode, numerics settings, the
 cases' seeds and sizes, shapes, parameter counts) as JSON in its metadata under the key "record".
@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 from pydantic import StrictInt
 
-from . import calc, schema
-from .backends import BACKENDS
+from common import calc, schema
+from common.backends import BACKENDS, MAX_DEVICES
+from common.data import CLASSES
+from common.fsio import atomic_path
+from common.spec import NetSpec, SpecError, finite, loads
+
 from .cases import DROPOUT_PROBE, Cases, dropout_rates, midpoint, scheduled_steps
-from .data import CLASSES
-from .fsio import atomic_path
-from .spec import NetSpec, SpecError, finite, loads
 
 FORMAT = "nin-conformance-record/2"
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -40,14 +41,8 @@ VARIANCES = ("biased", "unbiased")  # the running variance batch norm keeps: PyT
 HYPERPARAMETERS = ("exact", "float32")  # what the kernels see of lr, momentum, wd: MXNet's take float32
 FLOAT64_LIMITS = ("batch_norm", "all")  # what a backend computes below float64 in fp64 mode (declared): batch
 # norm only, or everything (Keras on JAX and PyTorch)
-# What each backend's train.float64_limits() declares in an fp64 record (tests/test_bad_inputs.py holds
-# this table to the backends' own answers): a record that declares other limits would be judged with
-# bounds its backend never asked for (conformance.compare.bound_precision), so it is refused.
-DECLARED_FLOAT64_LIMITS = {"mxnet": (), "torch": (), "keras-tf": (), "jax": (), "keras-jax": ("all",),
-                           "keras-torch": ("all",)}
 MAX_BYTES = 2 * 2 ** 30  # a record is ~100 MB; a larger file is not one
 MAX_WORK = 10 ** 13  # multiply-adds: ~90 times the d2l variant's cases (1.1e11), minutes rather than days
-MAX_DEVICES = 1024  # replicas of a data-parallel record: more than any machine this suite is run on
 BATCH_NORMS = ("global", "per replica")  # a data-parallel run's batch statistics: the global batch's, or each shard's
 MAX_TEXT = 10_000  # characters in one metadata string (the command line is the longest)
 TEXT = schema.text(MAX_TEXT)  # printed: one line each, of a readable length
@@ -180,9 +175,10 @@ def _check_meta(path: Path, meta) -> None:
 
 
 def _check_float64_limits(path: Path, backend: str, precision: str, limits: dict) -> None:
-    """An fp64 record declares what its backend declares (DECLARED_FLOAT64_LIMITS), no more, no less:
-    `{"all": ...}` in a PyTorch record would hold it to fp32 bounds that PyTorch never asked for."""
-    declared = sorted(DECLARED_FLOAT64_LIMITS.get(backend, ())) if precision == "fp64" else []
+    """An fp64 record declares what its backend declares (the registry's float64_limits), no more, no less:
+    `{"all": ...}` in a PyTorch record would hold it to fp32 bounds that PyTorch never asked for, since a
+    record is judged by what it declares (conformance.compare.bound_precision)."""
+    declared = sorted(BACKENDS[backend].float64_limits) if precision == "fp64" else []
     if sorted(limits) != declared:
         raise RecordError(f"{path}: metadata.float64_limits: {sorted(limits)}, but a {precision} {backend} record "
                           f"declares {declared}: the record would be judged with bounds its backend does not state")

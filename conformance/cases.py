@@ -29,16 +29,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from . import calc, data, reference, schedule, weights
-from .fsio import atomic_path
-from .spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
+from common import calc, data, reference, schedule, weights
+from common.fsio import atomic_path, cache_dir
+from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
 
 REFERENCE_VERSION = 7  # bump when common.reference or the cases change what they compute: the cache key
 
@@ -245,7 +243,7 @@ def _scheduled(spec, cases: Cases, init: dict, d: TrainingData, *, rounding) -> 
 def compute(spec, cases: Cases, training: TrainingData, *, rounding: reference.Rounding | None = None
             ) -> dict[str, np.ndarray]:
     """Every quantity a record holds for one variant, computed by the float64 reference (with
-    `rounding`: a perturbed copy, see common.errormodel). Keys as in a record, without the variant."""
+    `rounding`: a perturbed copy, see conformance.errormodel). Keys as in a record, without the variant."""
     w = weights.random_weights(spec, cases.weights_seed)
     images, labels = inputs(spec, cases)
     out = {"logits": reference.forward(spec, w, images, rounding=rounding)}
@@ -269,10 +267,6 @@ def case_key(spec, cases: Cases, *extra) -> str:
     """The hash that names a case's cached results: the spec, the cases and the reference's version."""
     identity = [spec.to_json(), asdict(cases), sorted(calc.param_shapes(spec).items()), REFERENCE_VERSION, *extra]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NIN_CACHE_DIR") or Path.home() / ".cache" / "nin")
 
 
 def reference_results(spec, cases: Cases, data_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:

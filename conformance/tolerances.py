@@ -5,7 +5,7 @@ A backend computing in precision P agrees with the float64 reference when, for e
     |got - reference| <= FACTOR * spread + FLOOR * u_P * scale
 
 * spread: how far the float64 reference itself moves when P's rounding errors are injected into it
-  (common.errormodel: MEMBERS perturbed copies, measured once per case and stored). It is the case's
+  (conformance.errormodel: MEMBERS perturbed copies, measured once per case and stored). It is the case's
   own conditioning: ~1e-7 for float32 logits, more where ReLU and max-pool kinks flip, and a lot on
   chaotic runs (batch norm over four images), whoever computes them.
 * FACTOR = 3: the injected errors are Gaussian with twice the spread PyTorch's and NumPy's float32
@@ -45,7 +45,7 @@ CHECKS = {
     "running_statistics": "running/",
     "momentum_trajectory": "momentum/trajectory",
     "momentum_final_weights": "momentum/final/",
-    "scheduled_trajectory": "scheduled/trajectory",  # the training loop's own code: see common.cases
+    "scheduled_trajectory": "scheduled/trajectory",  # the training loop's own code: see conformance.cases
     "scheduled_evaluation": "scheduled/eval",
     "scheduled_final_weights": "scheduled/final/",
     "scheduled_running_statistics": "scheduled/running/",

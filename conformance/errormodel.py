@@ -1,6 +1,6 @@
 """The error model: how far a correct implementation in a given precision may be from the float64 reference.
 
-For each case (common.cases) and precision, the float64 reference is run MEMBERS more times with the
+For each case (conformance.cases) and precision, the float64 reference is run MEMBERS more times with the
 rounding errors of that precision injected (common.reference.Rounding: every dot product of every
 convolution, forward and backward, batch-norm statistics, averages, the weights stored after each
 step), each with its own random draw. The *spread* of a quantity is the largest distance of a
@@ -9,9 +9,9 @@ as a norm per tensor for gradients and weight updates. It measures the case itse
 well-conditioned case moves by ~1e-7 in float32, a chaotic one (ReLU and max-pool kinks that flip,
 batch norm over four images) by far more, whoever computes it.
 
-common.tolerances turns a spread into the bound of a check. Spreads are measured once, with float64
+conformance.tolerances turns a spread into the bound of a check. Spreads are measured once, with float64
 arithmetic and seeded draws (so they do not depend on the machine's BLAS), and stored in
-common/error_model.json, keyed by the case's hash; `nin error-model` re-measures them, and a spec
+conformance/error_model.json, keyed by the case's hash; `nin error-model` re-measures them, and a spec
 that is not in the file is measured on first use and cached in ~/.cache/nin/error-model.
 """
 
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.fsio import atomic_write_text
+from common.reference import Rounding
+
 from . import cases as case_lib
-from .fsio import atomic_write_text
-from .reference import Rounding
 
 UNITS = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "fast": 2.0 ** -11}  # fast: TF32 keeps 10 mantissa bits
 MEMBERS = 8  # kink flips are discrete events: four copies can miss one that a real run makes
