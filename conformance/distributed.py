@@ -29,8 +29,6 @@ from conformance import records
 from conformance.cases import Cases, constant_rate_runs, inputs, training_batches
 from harness import processes
 
-from .record import DTYPES, record_meta
-
 
 def plan(variants: list, devices: list[int]) -> list[tuple[int, bool, list]]:
     """The data-parallel records of a matrix: (replicas, synchronised batch norm, variants) for each replica
@@ -62,12 +60,12 @@ def compute_variant(dist_mod, spec, *, cases: Cases, batches: list, devices: int
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
         if not prefix:
             out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
-    return {k: np.asarray(v, dtype=DTYPES[precision]) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=records.DTYPES[precision]) for k, v in out.items()}
 
 
 def variant_info(model_mod, spec, *, cases: Cases, device: str, precision: str) -> dict:
     """The spec, layer shapes and parameter count of one variant, from a single-device model (as a record's)."""
-    model = model_mod.build(spec, device=device, dtype=DTYPES[precision])
+    model = model_mod.build(spec, device=device, dtype=records.DTYPES[precision])
     shapes = model_mod.layer_shapes(model, inputs(spec, cases)[0])
     exported = model_mod.export_weights(model)
     return {"spec": spec.to_dict(), "layer_shapes": [list(s) for s in shapes],
@@ -93,9 +91,9 @@ def make_record(backend: str, variants: list, *, devices: int, sync_batch_norm: 
                                  precision=precision, sync_batch_norm=sync_batch_norm)
         tensors.update({f"{spec.name}/{k}": v for k, v in values.items()})
         per_variant[spec.name] = variant_info(model_mod, spec, cases=cases, device=device, precision=precision)
-    meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile="eager",
-                       numerics={**numerics, **{f"simulated_{k}": v for k, v in simulated.items()}}, cases=cases,
-                       variants=per_variant)
+    meta = records.record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision,
+                               compile="eager", cases=cases, variants=per_variant,
+                               numerics={**numerics, **{f"simulated_{k}": v for k, v in simulated.items()}})
     meta["data_parallel"] = {"devices": devices, "engine": dist_mod.ENGINE, "batch_norm": batch_norm,
                              "sync_batch_norm": sync_batch_norm}
     return records.write_record(out, tensors, meta)

@@ -11,12 +11,9 @@ too) and writes the record atomically (conformance.records.write_record).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from common.backends import BackendError
 from common.data import DataError
 from common.fsio import OutputError, check_writable
 from common.spec import SpecError
-from conformance import records
+from conformance import distributed, records
 from conformance.cases import (
     DATA_PARALLEL_PROBE,
     DROPOUT_PROBE,
@@ -186,35 +183,9 @@ def make_record(backend: str, variants: list, *, device: str, precision: str, co
                                        precision=precision, compile=compile)
         tensors.update({f"{spec.name}/{k}": v for k, v in values.items()})
         per_variant[spec.name] = info
-    meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile=compile,
-                       numerics=numerics, cases=cases, variants=per_variant)
+    meta = records.record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision,
+                               compile=compile, numerics=numerics, cases=cases, variants=per_variant)
     return records.write_record(out, tensors, meta)
-
-
-def record_meta(model_mod, train_mod, *, backend: str, device: str, precision: str, compile: str, numerics: dict,
-                cases: Cases, variants: dict) -> dict:
-    """A record's metadata: what made it (backend, versions, device, numerics, host, command) and what it holds."""
-    return {
-        "format": records.FORMAT,
-        "backend": backend,
-        "framework": model_mod.FRAMEWORK,
-        "versions": {k: str(v) for k, v in train_mod.versions().items()},
-        "device": device,
-        "device_name": train_mod.device_name(device),
-        "precision": precision,
-        "compile": compile,
-        "running_variance": model_mod.RUNNING_VARIANCE,
-        "hyperparameters": model_mod.HYPERPARAMETERS,
-        "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
-        "numerics": {k: str(v) for k, v in numerics.items()},
-        "cases": asdict(cases),
-        "variants": variants,
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-    }
 
 
 def make_resumed_record(backend: str, source: Path, *, device: str, precision: str, compile: str, out: Path,
@@ -240,8 +211,8 @@ def make_resumed_record(backend: str, source: Path, *, device: str, precision: s
                              data_dir), device=device, precision=precision, compile=compile)
         dtype = DTYPES[precision]
         tensors.update({f"{name}/{k}": np.asarray(v, dtype=dtype) for k, v in values.items()})
-    meta = record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision, compile=compile,
-                       numerics=numerics, cases=src.cases, variants=src.meta["variants"])
+    meta = records.record_meta(model_mod, train_mod, backend=backend, device=device, precision=precision,
+                               compile=compile, numerics=numerics, cases=src.cases, variants=src.meta["variants"])
     meta["resumed_from"] = {"backend": src.backend, "hyperparameters": src.meta["hyperparameters"],
                             "running_variance": src.meta["running_variance"], "record": str(source),
                             "float64_limits": src.meta.get("float64_limits", {})}
@@ -298,11 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             check_writable(args.out, "--out")
             if args.devices > 1:
-                from .distributed import make_record as make_data_parallel_record  # it builds on this module
-                out = make_data_parallel_record(args.backend, variants, devices=args.devices,
-                                                sync_batch_norm=args.sync_batch_norm, device=args.device,
-                                                precision=args.precision, out=args.out, cases=cases,
-                                                progress=progress)
+                out = distributed.make_record(args.backend, variants, devices=args.devices,
+                                              sync_batch_norm=args.sync_batch_norm, device=args.device,
+                                              precision=args.precision, out=args.out, cases=cases,
+                                              progress=progress)
             elif args.resume_from:
                 out = make_resumed_record(args.backend, args.resume_from, device=args.device,
                                           precision=args.precision, compile=args.compile, out=args.out,

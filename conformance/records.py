@@ -15,9 +15,12 @@ A record that lists no variant checks nothing and is refused.
 
 from __future__ import annotations
 
+import datetime
 import json
+import platform
+import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +299,29 @@ def read_record(path) -> Record:
         raise RecordError(f"{path}: metadata has both resumed_from and data_parallel: a record is one case")
     _check_tensors(path, tensors, specs, cases=cases, precision=meta["precision"], kind=kind)
     return Record(path, meta, tensors, cases, specs)
+
+
+def record_meta(model_mod, train_mod, *, backend: str, device: str, precision: str, compile: str, numerics: dict,
+                cases: Cases, variants: dict) -> dict:
+    """A record's metadata: what made it (backend, versions, device, numerics, host, command) and what it holds."""
+    return {
+        "format": FORMAT,
+        "backend": backend,
+        "framework": model_mod.FRAMEWORK,
+        "versions": {k: str(v) for k, v in train_mod.versions().items()},
+        "device": device,
+        "device_name": train_mod.device_name(device),
+        "precision": precision,
+        "compile": compile,
+        "running_variance": model_mod.RUNNING_VARIANCE,
+        "hyperparameters": model_mod.HYPERPARAMETERS,
+        "float64_limits": train_mod.float64_limits() if precision == "fp64" else {},
+        "numerics": {k: str(v) for k, v in numerics.items()},
+        "cases": asdict(cases),
+        "variants": variants,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }

@@ -97,7 +97,7 @@ def main(args) -> int:
         elif args.check:
             return check(args.check)
         elif args.html:
-            atomic_write_text(args.html, render.page(topics))
+            atomic_write_text(args.html, _html(topics))
             print(args.html)
             for flag, path in shots.items():
                 width = browser.WIDE if flag == "--screenshot" else browser.NARROW
@@ -116,6 +116,14 @@ def main(args) -> int:
     return 0
 
 
+def _html(topics, *, root: Path = ROOT) -> str:
+    """The whole page (idioms.page: Jinja2, markdown-it-py, Pygments), deterministic for a given source tree
+    and given committed results."""
+    from . import page  # Jinja2 and markdown-it-py are the main environment's, not MXNet's
+
+    return page.page(topics, root=root)
+
+
 def check(path: str, *, root: Path = ROOT) -> int:
     """0 when the page at `path` is what the source and the committed results give now; 1 otherwise, with
     what is stale in one line: first the results the page was computed from (the hashes it embeds), then
@@ -130,7 +138,7 @@ def check(path: str, *, root: Path = ROOT) -> int:
     else:
         stale = facts.changed_inputs(then, facts.input_hashes(root=root))
     if not stale:
-        fresh = render.page(TOPICS, root=root)
+        fresh = _html(TOPICS, root=root)
         if committed == fresh:
             print(f"{path} is up to date")
             return 0

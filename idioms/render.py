@@ -230,12 +230,3 @@ def to_text(topics, *, color: bool = False, width: int | None = None, root: Path
         out += code(columns, color)
         out.append("")
     return "\n".join(out) + "\n"
-
-
-# --- HTML ----------------------------------------------------------------------------------------
-def page(topics, *, root: Path = ROOT) -> str:
-    """The whole page (idioms.page: Jinja2, markdown-it-py, Pygments): deterministic for a given source tree
-    and given committed results."""
-    from . import page as html_page  # Jinja2 and markdown-it-py are the main environment's, not MXNet's
-
-    return html_page.page(topics, root=root)

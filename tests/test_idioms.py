@@ -26,6 +26,7 @@ from common import backends
 pytest.importorskip("jinja2", reason="the idioms page is built with Jinja2, in the main environment")
 
 from idioms import facts, render, source
+from idioms import page as html_page
 from idioms.cli import check, first_difference
 from idioms.topics import PACKAGES, PUBLIC, TOPICS, Cut, Note, Topic
 from nin.cli import main as nin
@@ -62,13 +63,13 @@ def test_the_topic_table_covers_every_backend_and_the_issue():
 def test_committed_page_is_fresh():
     """docs/idioms.html is exactly what the source and the committed results give now."""
     assert PAGE.exists(), f"{PAGE.relative_to(ROOT)} is missing; {REGENERATE}"
-    committed, fresh = PAGE.read_text(encoding="utf-8"), render.page(TOPICS)
+    committed, fresh = PAGE.read_text(encoding="utf-8"), html_page.page(TOPICS)
     assert committed == fresh, f"docs/idioms.html is stale ({first_difference(committed, fresh)}); {REGENERATE}"
 
 
 def test_render_is_deterministic_and_self_contained():
-    page = render.page(TOPICS)
-    assert page == render.page(TOPICS)
+    page = html_page.page(TOPICS)
+    assert page == html_page.page(TOPICS)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page fetches something"
     assert "<script" not in page and "@import" not in page and "url(" not in page
     assert str(ROOT) not in page, "an absolute path of this machine is in the page"
@@ -94,30 +95,30 @@ def test_a_renamed_function_fails_until_the_page_is_regenerated(tmp_path):
     """Rename nin_block in one backend: the cut fails, naming the file and the function; the page cannot be
     rendered until idioms/topics.py follows the rename, and then it differs from the one before."""
     root = _copy_tree(tmp_path)
-    before = render.page(TOPICS, root=root)
+    before = html_page.page(TOPICS, root=root)
     model = root / "nin_torch" / "model.py"
     model.write_text(model.read_text().replace("def nin_block(", "def make_block(").replace(
         "layers.append(nin_block(", "layers.append(make_block("))
     problems = source.verify(TOPICS, root=root)
     assert any("nin_torch/model.py" in p and "'nin_block'" in p for p in problems), problems
     with pytest.raises(source.IdiomsError, match="nin_torch/model.py.*'nin_block'"):
-        render.page(TOPICS, root=root)
+        html_page.page(TOPICS, root=root)
     block = next(t for t in TOPICS if t.key == "block")
     followed = Topic(block.key, block.title, block.summary,
                      {**block.cuts, "nin_torch": (Cut("model.py", ("make_block",)),)}, block.notes)
     topics = tuple(followed if t is block else t for t in TOPICS)
-    after = render.page(topics, root=root)
+    after = html_page.page(topics, root=root)
     assert after != before and "make_block" in after
 
 
 def test_a_changed_body_makes_the_page_stale(tmp_path):
     root = _copy_tree(tmp_path)
-    before = render.page(TOPICS, root=root)
+    before = html_page.page(TOPICS, root=root)
     train = root / "nin_jax" / "train.py"
     text = train.read_text()
     assert "optax.sgd(schedule," in text  # the line the page cuts, in the optimizer topic
     train.write_text(text.replace("optax.sgd(schedule,", "optax.sgd(lambda count: 2 * schedule(count),"))
-    after = render.page(TOPICS, root=root)
+    after = html_page.page(TOPICS, root=root)
     assert after != before
     assert "line" in first_difference(before, after)
 
@@ -205,7 +206,7 @@ def test_a_planted_bug_its_checks_do_not_catch_is_refused(tmp_path):
     assert not source.note_problems(right, checks, found, root=root)
     block = next(t for t in TOPICS if t.key == "block")
     with pytest.raises(source.IdiomsError, match="^topic block: planted bug 'torch-bn-momentum-inverted': logits "):
-        render.page((Topic(block.key, block.title, block.summary, block.cuts, (wrong,)),), root=root)
+        html_page.page((Topic(block.key, block.title, block.summary, block.cuts, (wrong,)),), root=root)
     # the results lose every run of it: the citation is refused
     main = root / "results" / "mutations" / "main.json"
     doc = json.loads(main.read_text())
@@ -224,7 +225,7 @@ def test_a_planted_bug_its_checks_do_not_catch_is_refused(tmp_path):
 
 
 def test_a_cited_planted_bug_is_on_the_page_with_what_the_results_measured():
-    page = render.page(TOPICS)
+    page = html_page.page(TOPICS)
     assert "None cited yet." not in page
     found = facts.read_mutations()
     cited = {b for t in TOPICS for n in t.notes for b in n.planted_bugs}
@@ -246,13 +247,13 @@ def test_what_the_page_says_of_the_matrix_is_computed_from_it(tmp_path):
     doc = json.loads((ROOT / facts.MATRIX).read_text())
     compiled = [r for r in facts.read_matrix().records if r.compile == "compiled"]
     assert compiled, "the committed matrix holds no compiled record: this test needs one"
-    before = render.page(TOPICS, root=root)
+    before = html_page.page(TOPICS, root=root)
     assert f"committed matrix: {len(compiled)} records with compile=compiled, every check passed" in before
     labels = {r.label for r in compiled}
     doc["checks"] = [c for c in doc["checks"] if c["backend"] not in labels and c["against"] not in labels]
     doc["compared"] = [c for c in doc["compared"] if c.split(":")[0] not in labels]
     (root / facts.MATRIX).write_text(json.dumps(doc))
-    after = render.page(TOPICS, root=root)
+    after = html_page.page(TOPICS, root=root)
     assert "records with compile=compiled" not in after
     assert "records/matrix.json holds no record with compile=compiled (it holds compile eager)." in after
     left = facts.read_matrix(root=root)
@@ -275,7 +276,7 @@ def test_check_names_the_results_that_changed_since_the_page(tmp_path, capsys):
     removed results file is named in one line, exit 1."""
     root = _copy_tree(tmp_path)
     out = tmp_path / "page.html"
-    out.write_text(render.page(TOPICS, root=root))
+    out.write_text(html_page.page(TOPICS, root=root))
     assert check(str(out), root=root) == 0
     assert render.embedded_inputs(out.read_text()) == facts.input_hashes(root=root)
     capsys.readouterr()

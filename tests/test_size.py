@@ -17,7 +17,7 @@ EXCEPTIONS = {
     "tests/test_bad_inputs.py": "one test per bad input of every command; to be split by command (lead)",
     "tests/test_reliability.py": "interruptions, time-outs and resumes of every driver; to be split by driver (lead)",
     # one module each, read top to bottom; each is a candidate to split next
-    "common/spec.py": "the spec's layer types, validation, JSON form and variants; TrainConfig and recipe() go",
+    "common/spec.py": "the spec's layer types, their validation, the JSON form and the named variants: one vocabulary",
     "common/reference.py:forward": "the float64 oracle's forward, one branch per layer kind, with its gradients' cache",
     "conformance/compare.py:compare": "every check of a record against the reference and its peers, in one pass",
     "training/cli.py": "nin train, sweep, report, plot and lr-find in one module",
