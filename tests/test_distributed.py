@@ -29,26 +29,39 @@ HANG_S = 1800  # ends a hang only; no test asserts how fast anything ran
 NAMES = list(backends.BACKENDS)  # not `backend` (conftest narrows that per environment): every one, from here
 
 
+WORKERS_AT_ONCE = 2  # CI's cores: a worker spends much of its time starting processes and frameworks
+
+
 @pytest.fixture(scope="module")
 def worked(tmp_path_factory):
-    """backend -> the worker's result (tests/distributed_mutations.py), made once per backend when asked."""
-    done = {}
+    """backend -> the worker's result (tests/distributed_mutations.py). The first call starts every installed
+    backend's worker, two at a time, in the registry's order; each call waits for its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(name: str) -> tuple[int, str, Path]:
+        out = tmp_path_factory.mktemp(name) / "result.json"
+        cmd = processes.worker_command(name, "tests.distributed_mutations", ["--backend", name, "--json-out", str(out)])
+        r = processes.run(cmd, env=processes.environment_for(name), timeout=HANG_S)
+        return r.returncode, r.stderr, out
+
+    pool = ThreadPoolExecutor(max_workers=WORKERS_AT_ONCE)
+    started = {}
 
     def get(name: str) -> dict:
-        if name not in done:
-            if processes.missing_here(name) and processes.python_for(name) == sys.executable:
-                reason = f"{name}: {', '.join(processes.missing_here(name))} not installed"
-                if name in os.environ.get("NIN_REQUIRE", "").split(","):
-                    pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
-                pytest.skip(reason)
-            out = tmp_path_factory.mktemp(name) / "result.json"
-            cmd = processes.worker_command(name, "tests.distributed_mutations",
-                                           ["--backend", name, "--json-out", str(out)])
-            r = processes.run(cmd, env=processes.environment_for(name), timeout=HANG_S)
-            assert r.returncode == 0, f"{name}: {r.stderr.strip()[-3000:]}"
-            done[name] = json.loads(out.read_text())
-        return done[name]
-    return get
+        if processes.missing_here(name) and processes.python_for(name) == sys.executable:
+            reason = f"{name}: {', '.join(processes.missing_here(name))} not installed"
+            if name in os.environ.get("NIN_REQUIRE", "").split(","):
+                pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
+            pytest.skip(reason)
+        if not started:
+            started.update({n: pool.submit(work, n) for n in NAMES
+                            if not (processes.missing_here(n) and processes.python_for(n) == sys.executable)})
+        code, stderr, out = started[name].result()
+        assert code == 0, f"{name}: {stderr.strip()[-3000:]}"
+        return json.loads(out.read_text())
+
+    yield get
+    pool.shutdown(wait=True)
 
 
 @pytest.mark.parametrize("name", NAMES)
