@@ -145,39 +145,3 @@ def test_keras_on_tensorflow_gives_every_replica_the_same_dropout_mask(tmp_path,
     code = nin("train", "--backend", "keras-tf", "--variant", "d2l", *SMALL, "--devices", 2, "--out", tmp_path / "r")
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and "the same dropout mask on every MirroredStrategy replica" in err[-1]
-
-
-# JAX across processes, as on two machines: jax.distributed with CPU collectives over gloo, one device per
-# process, a Mesh over both, each process feeding its own rows (jax.make_array_from_process_local_data).
-TWO_PROCESSES = """
-import json, sys
-import jax
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-mesh = Mesh(np.array(jax.devices()), ("batch",))
-rows = np.full((2, 3), float(jax.process_index() + 1), dtype=np.float32)
-x = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("batch")), rows)
-total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(x)
-print(json.dumps([jax.process_index(), len(jax.devices()), len(jax.local_devices()), float(total)]))
-"""
-
-
-def test_jax_runs_across_two_processes_with_cpu_collectives():
-    """What `nin train --devices` does not do yet for JAX (docs/distributed.md, two machines): the engine itself
-    works as 2 processes on this machine, loopback only, each with its own rows, the sum all-reduced."""
-    _skip_unless_installed("jax")
-    import socket
-    import subprocess
-
-    with socket.socket() as s:  # a port for JAX's coordinator (it takes no file rendezvous)
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    cmd = [processes.python_for("jax"), "-c", TWO_PROCESSES]
-    procs = [subprocess.Popen([*cmd, str(i), address], env=processes.environment_for("jax"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    results = sorted(json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
-    assert results == [[0, 2, 1, 18.0], [1, 2, 1, 18.0]]  # 2 global devices, 1 each, rows 2 x 3 x (1 + 2)
