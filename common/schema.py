@@ -5,7 +5,7 @@ the first failure into the one line every reader prints: the file (or source), t
 what was expected and what was there.
 
     x.json: layers[2].kernel_size: expected an integer from 1 to 64, got 65
-    r.safetensors: metadata.backend: expected one of ['jax', ...], got a number (5)
+    r.safetensors: metadata.backend: expected one of [the registry's names], got a number (5)
     run/metrics.jsonl:1: unknown field(s) ['extra']; expected some of the fields ['type', ...]
 
 Models are strict (JSON's types as they are: "10" is not 10, 1.0 and true are not integers) and

@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("variant", _csv(opts.variants), scope="module")
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", ["cpu", "gpu"] if opts.device == "all" else [opts.device], scope="module")
+
+
+def require_installed(name: str) -> None:
+    """For a test that runs the backend in its own interpreter: skip (fail under NIN_REQUIRE) where that
+    interpreter is this one and lacks the backend's modules; another interpreter answers for itself."""
+    missing = processes.missing_here(name) if processes.python_for(name) == sys.executable else []
+    if missing:
+        reason = f"{name}: {', '.join(missing)} not installed"
+        if name in _csv(os.environ.get("NIN_REQUIRE", "")):
+            pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
+        pytest.skip(reason)
 
 
 def require_backend(name: str):

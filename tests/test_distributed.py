@@ -10,12 +10,12 @@ every record; so this module imports no framework and runs in the main environme
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_installed
 from distributed_mutations import CATALOGUE  # tests/: framework-free
 from tiny_records import CASES, metadata, tiny
 
@@ -48,11 +48,7 @@ def worked(tmp_path_factory):
     started = {}
 
     def get(name: str) -> dict:
-        if processes.missing_here(name) and processes.python_for(name) == sys.executable:
-            reason = f"{name}: {', '.join(processes.missing_here(name))} not installed"
-            if name in os.environ.get("NIN_REQUIRE", "").split(","):
-                pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
-            pytest.skip(reason)
+        require_installed(name)
         if not started:
             started.update({n: pool.submit(work, n) for n in NAMES
                             if not (processes.missing_here(n) and processes.python_for(n) == sys.executable)})

@@ -11,12 +11,11 @@ TOLERANCE of their size, where a gradient summed instead of averaged over 2 repl
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_installed
 
 from common import backends, weights
 from common import spec as specs
@@ -45,15 +44,6 @@ def nin(*argv) -> int:
     return cli.main([str(a) for a in argv])
 
 
-def _skip_unless_installed(name: str) -> None:
-    missing = processes.missing_here(name) if processes.python_for(name) == sys.executable else []
-    if missing:
-        reason = f"{name}: {', '.join(missing)} not installed"
-        if name in os.environ.get("NIN_REQUIRE", "").split(","):
-            pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "d2l-no-dropout.json"
@@ -80,7 +70,7 @@ def _updates(out: Path, init: dict) -> dict:
 def test_an_epoch_on_two_devices_resumes_on_one_and_back(name, network, tmp_path, data_dir):
     """Path A: epoch 1 on 2 devices, epoch 2 on 1. Path B: epoch 1 on 1, epoch 2 on 2. Each epoch on 2
     devices must train as on 1, so both paths agree: in epoch 1's loss, and in the weights they end at."""
-    _skip_unless_installed(name)
+    require_installed(name)
     a, b = tmp_path / "a", tmp_path / "b"
     _first_epoch(name, network, a, devices=2)
     _first_epoch(name, network, b, devices=1)
@@ -102,7 +92,7 @@ def test_an_epoch_on_two_devices_resumes_on_one_and_back(name, network, tmp_path
 
 @pytest.mark.parametrize("name", FIT_ONLY)
 def test_keras_on_pytorch_refuses_devices_in_one_line(name, network, tmp_path, capfd, data_dir):
-    _skip_unless_installed(name)
+    require_installed(name)
     code = nin("train", "--backend", name, "--variant", network, *SMALL, "--devices", 2, "--out", tmp_path / "r")
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and "Keras's fit has no data-parallel engine on PyTorch" in err[-1] and "Traceback" not in \
@@ -136,7 +126,7 @@ print(json.dumps([v.numpy().ravel().tolist() for v in strategy.experimental_loca
 def test_keras_on_tensorflow_gives_every_replica_the_same_dropout_mask(tmp_path, capfd, network, data_dir):
     """Why nin_tf refuses --devices on TensorFlow for a network with dropout: the 'same mask on every replica'
     bug, measured in Keras itself. Should a Keras release fix it, this fails: lift the refusal then."""
-    _skip_unless_installed("keras-tf")
+    require_installed("keras-tf")
     r = processes.run([processes.python_for("keras-tf"), "-c", MASKS_PROBE], env=processes.environment_for("keras-tf"),
                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -12,29 +12,18 @@ every process is killed then: nothing is left running."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import HANG_S
+from conftest import HANG_S, require_installed
 
 from harness import processes
 
 pytestmark = pytest.mark.main_env  # each backend runs in its own interpreter: once is enough
-
-
-def _skip_unless_installed(name: str) -> None:
-    missing = processes.missing_here(name) if processes.python_for(name) == sys.executable else []
-    if missing:
-        reason = f"{name}: {', '.join(missing)} not installed"
-        if name in os.environ.get("NIN_REQUIRE", "").split(","):
-            pytest.fail(f"NIN_REQUIRE lists {name}, but {reason}")
-        pytest.skip(reason)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -99,7 +88,7 @@ print(json.dumps([jax.process_index(), len(jax.devices()), len(jax.local_devices
 def test_jax_runs_across_two_processes_with_cpu_collectives():
     """What `nin train --devices` does not do yet for JAX: the engine itself works as 2 processes, each with
     its own rows, the sum all-reduced across them."""
-    _skip_unless_installed("jax")
+    require_installed("jax")
     address = f"127.0.0.1:{_free_ports(1)[0]}"  # JAX's coordinator takes no file rendezvous
     outs = _run_together("jax", JAX_TWO_PROCESSES, [{}, {}], [["0", address], ["1", address]])
     results = sorted(json.loads(out.strip().splitlines()[-1]) for out in outs)
@@ -150,7 +139,7 @@ print(json.dumps([kv.rank, kv.num_workers, summed, float(abs(mine - one).max()),
 def test_mxnet_dist_sync_runs_as_a_scheduler_a_server_and_two_workers():
     """What `nin train --devices` does not do yet for MXNet: dist_sync itself, as MXNet's tools/launch.py
     starts it, sums the workers' pushes, and one Gluon step on 2 workers is one step on the global batch."""
-    _skip_unless_installed("mxnet")
+    require_installed("mxnet")
     cluster = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(_free_ports(1)[0]), "DMLC_NUM_SERVER": "1",
                "DMLC_NUM_WORKER": "2", "DMLC_INTERFACE": "lo", "OMP_NUM_THREADS": "1"}
     roles = ["scheduler", "server", "worker", "worker"]
@@ -199,7 +188,7 @@ print(json.dumps([task, replicas, float(total), round(float(w.numpy()), 6)]))
 def test_keras_tf_multi_worker_mirrored_strategy_runs_as_two_workers():
     """What `nin train --devices` does not do yet for Keras on TensorFlow: MultiWorkerMirroredStrategy
     itself, as TF_CONFIG describes two machines, all-reduces the workers' values and gradients."""
-    _skip_unless_installed("keras-tf")
+    require_installed("keras-tf")
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     envs = [{"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}),
              "TF_CPP_MIN_LOG_LEVEL": "2"} for i in range(2)]

@@ -1,7 +1,7 @@
 """The worker side of `nin train` and `nin lr-find`: runs in the backend's own interpreter.
 
-    python -m training.worker train --settings '{"backend": "torch", ...}' --out runs/torch-d2l [--resume]
-    python -m training.worker lr-find --settings '{...}' --out runs/lrfind-torch --min-lr 1e-4 --max-lr 10 --steps 100
+    python -m training.worker train --settings '{"backend": NAME, ...}' --out runs/NAME-d2l [--resume]
+    python -m training.worker lr-find --settings '{...}' --out runs/lrfind-NAME --min-lr 1e-4 --max-lr 10 --steps 100
 
 It imports the backend by the registry's name (harness.processes.load: nin_<x>/loop.py, the
 framework's own training loop) and owns everything framework-free: the data and its order per
