@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.fsio import atomic_write_text
+from common.fsio import atomic_write_text, cache_dir
 from common.reference import Rounding
 
 from . import cases as case_lib
@@ -100,7 +100,7 @@ def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dic
         raise ValueError(f"precision must be one of {sorted(UNITS)}, got {precision!r}")
     k = key(spec, cases, precision)
     entry = _load_store(STORE).get(k)
-    cache = case_lib.cache_dir() / "error-model" / f"{spec.name}-{k}.json"
+    cache = cache_dir() / "error-model" / f"{spec.name}-{k}.json"
     if entry is None and cache.is_file():
         entry = _load_store(cache).get(k)
     if entry is None:

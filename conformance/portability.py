@@ -27,8 +27,7 @@ from tqdm import tqdm
 
 from common import backends
 from common import spec as specs
-from common.fsio import atomic_write_text, check_writable
-from conformance import cases as case_lib
+from common.fsio import atomic_write_text, cache_dir, check_writable
 from conformance.records import read_record
 
 # name -> (environment, the modules whose kernels it can change: a backend is recorded on the path when it
@@ -107,7 +106,7 @@ def changed(baseline: list[str], other: list[str]) -> dict[str, bool]:
 def reference_change(out_dir: Path, name: str) -> str:
     """How far the float64 reference computed on this path is from the usual cache's (max relative)."""
     ours = sorted((out_dir / name / "cache" / "reference").glob("*.npz"))
-    usual = case_lib.cache_dir() / "reference"
+    usual = cache_dir() / "reference"
     worst, compared = 0.0, 0
     for path in ours:
         other = usual / path.name

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from common import backends
 from common import spec as specs
-from common.fsio import atomic_write_text, remove_stale_temporaries
+from common.fsio import atomic_write_text, cache_dir, remove_stale_temporaries
 from harness import processes
 
 from . import distributed
-from .cases import DATA_PARALLEL_PROBE, PROBE, PROBE_CASES, Cases
+from .cases import DATA_PARALLEL_PROBE, HYPERPARAMETERS, PROBE, PROBE_CASES, Cases, as_kernels_see, reference_results
 
 
 def run_record(backend: str, variants: list[str], *, device: str, precision: str, compile: str, out: Path,
@@ -74,7 +74,7 @@ def worker_failure(r: subprocess.CompletedProcess) -> str:
 
 def compare_and_write(args) -> int:
     """Compare args.records, print the matrix and write --report and --json-out (their locks held)."""
-    from conformance import compare, matrix
+    from . import compare, matrix  # the comparison's modules load only when it runs
 
     result = compare.compare(args.records, use_cache=not args.no_cache,
                              progress=None if args.json else lambda m: print(f"  {m}", file=sys.stderr, flush=True))
@@ -251,8 +251,6 @@ def _job_key(job: tuple) -> str:
 def _record_seconds(update: dict[str, float] | None = None) -> dict[str, float]:
     """How long each kind of record took when last made here (the suite's cache folder): the order
     of the next sweep. A missing or damaged file is no history."""
-    from common.fsio import cache_dir
-
     path = cache_dir() / "record-seconds.json"
     try:
         known = json.loads(path.read_text())
@@ -275,8 +273,6 @@ def references_ahead(specs_: list, cases):
     about 9 s per variant, once, then cached). Best effort: whatever fails here is computed again, and
     reported, by the comparison. A daemon: an interruption does not wait for it."""
     import threading
-
-    from conformance.cases import HYPERPARAMETERS, as_kernels_see, reference_results
 
     def run() -> None:
         for spec in specs_:
