@@ -183,9 +183,10 @@ class LoopModule(Protocol):
     """loop.py: the framework's own training loop around the model (nin train)."""
 
     def make_trainer(self, spec: Any, lrs: Any, *, momentum: float, weight_decay: float, device: str,
-                     compile: str, dtype: str = "float32", devices: int = 1) -> Any:
+                     compile: str, dtype: str = "float32", devices: int = 1, nodes: int = 1) -> Any:
         """The model and train.make_optimizer's optimizer for a run whose step k uses learning rate lrs[k];
-        devices > 1: data-parallel on the framework's engine (distributed.py starts its processes, if any)."""
+        devices * nodes > 1: data-parallel on the framework's engine over `devices` devices of each of `nodes`
+        machines (distributed.launch has started this machine's processes, if any, and joined the others)."""
 
     def load_state(self, trainer: Any, weights: dict, optimizer: dict, step: int) -> None:
         """Canonical weights, canonical momentum buffers ("momentum/<name>") and the step count: any backend's."""
@@ -253,9 +254,12 @@ class DistributedModule(Protocol):
         """Train from canonical weights on global (images, labels) batches, each split over `devices` replicas
         by the engine: (global mean loss of every step, final canonical weights and running statistics)."""
 
-    def launch(self, devices: int, module: str, args: list) -> int | None:
-        """Where each replica is a process: run `python -m module args` once per replica with the framework's
-        launcher and return its exit status; None in a replica already, or where replicas share one process."""
+    def launch(self, devices: int, module: str, args: list, *, nodes: int = 1, node_rank: int = 0,
+               rendezvous: str = "") -> int | None:
+        """Where each replica is a process: run `python -m module args` once per replica of this machine with
+        the framework's launcher and return its exit status; None in a replica already, or where replicas share
+        one process. nodes > 1: this is machine `node_rank` of `nodes`, which meet at `rendezvous` (HOST:PORT,
+        where node 0 listens): the launcher, or this process, joins the others before returning None."""
 
     def process_index(self) -> int:
         """This process's rank among the run's processes (0: the one that writes the run's files)."""

@@ -61,6 +61,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def address(text: str) -> str:
+    """An argparse type: HOST:PORT, where node 0 of a multi-machine run listens (a name, an IPv4 address, or
+    an IPv6 one in brackets; the port from 1 to 65535)."""
+    host, colon, port = text.strip().rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (colon and bare and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+            and all(c.isalnum() or c in ".-_:" for c in bare) and (":" not in bare or bare != host)):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 1 to 65535), got {text!r}")
+    return text.strip()
+
+
 def path(text: str) -> str:
     """An argparse type: a path that is not empty or blank (an empty --out must not mean the default)."""
     if not text.strip():

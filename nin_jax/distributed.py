@@ -80,12 +80,17 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
     return losses, export_weights(model)
 
 
-def launch(devices: int, module: str, args: list) -> None:
-    """Nothing to start: one process drives every device of the Mesh (across machines, each runs its own,
-    after jax.distributed.initialize: docs/distributed.md)."""
+def launch(devices: int, module: str, args: list, *, nodes: int = 1, node_rank: int = 0,
+           rendezvous: str = "") -> None:
+    """Nothing to start: one process drives every device of this machine's Mesh. On `nodes` machines, each
+    runs the same command and joins the others here, before any JAX computation: jax.distributed.initialize
+    with node 0 the coordinator at `rendezvous`, CPU collectives over gloo (on GPUs, NCCL's)."""
+    if nodes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=rendezvous, num_processes=nodes, process_id=node_rank)
     return None
 
 
 def process_index() -> int:
-    """jax.process_index(): 0 on one machine."""
+    """jax.process_index(): 0 on one machine, node_rank on several (one process each)."""
     return jax.process_index()

@@ -47,39 +47,56 @@ class Trainer:
     batch: Sharding  # where a batch goes: that device, or split along a Mesh's batch axis (data-parallel)
 
 
-def _shardings(device: str, devices: int) -> tuple[Sharding, Sharding]:
-    """(state, batch): one device; or, data-parallel, a Mesh over the first `devices` devices with one axis,
-    the state replicated and every batch split along it (XLA inserts the gradient's all-reduce itself)."""
-    if devices == 1:
+def _shardings(device: str, devices: int, nodes: int) -> tuple[Sharding, Sharding]:
+    """(state, batch): one device; or, data-parallel, a Mesh with one axis over the first `devices` devices of
+    each of `nodes` processes (jax.distributed's), the state replicated and every batch split along it (XLA
+    inserts the gradient's all-reduce itself)."""
+    if devices * nodes == 1:
         one = SingleDeviceSharding(default_device(device))
         return one, one
-    found = jax.devices(device)
-    if len(found) < devices:
-        raise ValueError(f"JAX sees {len(found)} {device} devices, fewer than {devices} replicas")
-    mesh = Mesh(np.array(found[:devices]), ("batch",))
+    found = [jax.local_devices(process_index=p, backend=device)[:devices] for p in range(nodes)]
+    if min(map(len, found)) < devices:
+        raise ValueError(f"JAX sees {min(map(len, found))} {device} devices in a process, fewer than {devices} "
+                         "replicas")
+    mesh = Mesh(np.array([d for mine in found for d in mine]), ("batch",))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
+                 compile: str, dtype: str = "float32", devices: int = 1, nodes: int = 1) -> Trainer:
     """The model in `dtype` (canonical weights are loaded by load_state) and train.make_optimizer's SGD;
-    devices > 1: the same step under jax.sharding, each batch split over the devices."""
-    if devices > 1 and compile != "compiled":  # op by op, a Mesh's collectives deadlocked XLA's CPU runtime here
+    devices * nodes > 1: the same step under jax.sharding, each batch split over the devices. On several
+    machines every process feeds the whole global batch and holds the whole state (jax.device_put keeps the
+    rows of its own devices), so each runs this same loop: the program is one, as SPMD requires."""
+    if devices * nodes > 1 and compile != "compiled":  # op by op, a Mesh's collectives deadlocked XLA's CPU runtime
         raise NotImplementedError("JAX runs a Mesh's replicas compiled (--compile compiled): eager, one op at a "
                                   "time, each op's all-reduce waits for both devices and XLA's CPU runtime hung")
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
-    state, batch = _shardings(device, devices)
-    nnx.update(model, jax.device_put(nnx.state(model), state))  # first: the optimizer's state follows the model's
+    state, batch = _shardings(device, devices, nodes)
+    nnx.update(model, _placed(nnx.state(model), state))  # first: the optimizer's state follows the model's
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     rows, cols = (jax.device_put(np.asarray(m).astype(DTYPES[dtype]), state) for m in input_matrices(spec))
     return Trainer(model, optimizer, rows, cols, spec.input_shape[0], state, batch)
+
+
+def _placed(tree, sharding: Sharding):
+    """Every array of `tree` on `sharding`. An array held elsewhere travels through the host: across processes,
+    jax.device_put takes host values (the same in every process), not another device's array; a key as its data."""
+    def put(a: jax.Array) -> jax.Array:
+        if a.sharding == sharding:
+            return a
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # nnx.Rngs' keys: no NumPy form of their own
+            data = jax.device_put(np.asarray(jax.random.key_data(a)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        return jax.device_put(np.asarray(a), sharding)
+    return jax.tree.map(put, tree)
 
 
 def _commit(trainer: Trainer) -> None:
     """Put every array of the model and the optimizer where the trainer keeps them explicitly: jax.jit keys
     its cache on whether an argument is committed to a device, so a mix (fresh arrays are not) compiles again."""
     for node in (trainer.model, trainer.optimizer):
-        nnx.update(node, jax.device_put(nnx.state(node), trainer.state))
+        nnx.update(node, _placed(nnx.state(node), trainer.state))
 
 
 def _param_paths(model: nnx.Module) -> dict[str, tuple]:

@@ -50,15 +50,16 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 
 def default_device(device: str | None = None) -> jax.Device:
-    """None: the first GPU when JAX sees one, else the CPU."""
+    """None: the first GPU when JAX sees one, else the CPU; this process's own (under jax.distributed,
+    jax.devices() lists every process's devices, and another's cannot hold this process's arrays)."""
     if device in (None, "gpu"):
         try:
-            return jax.devices("gpu")[0]
+            return jax.local_devices(backend="gpu")[0]
         except RuntimeError:
             if device == "gpu":
                 raise RuntimeError("no GPU is visible to JAX (jax.devices('gpu') finds none)") from None
-        return jax.devices("cpu")[0]
-    return jax.devices(device)[0]
+        return jax.local_devices(backend="cpu")[0]
+    return jax.local_devices(backend=device)[0]
 
 
 def build(spec: NetSpec, *, device: str | None = None, dtype: str = "float32", compiled: bool = False,

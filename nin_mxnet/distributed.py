@@ -86,9 +86,11 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
         return losses, export_weights(model)
 
 
-def launch(devices: int, module: str, args: list) -> None:
-    """Nothing to start: one process drives every context (across machines, tools/launch.py starts the
-    workers and servers of a "dist_sync" kvstore: docs/distributed.md)."""
+def launch(devices: int, module: str, args: list, *, nodes: int = 1, node_rank: int = 0,
+           rendezvous: str = "") -> None:
+    """Nothing to start: one process drives every context. Across machines, MXNet's tools/launch.py starts the
+    workers, servers and scheduler of a "dist_sync" kvstore (docs/distributed.md); loop.make_trainer refuses
+    nodes > 1, so nothing is joined here."""
     return None
 
 

@@ -35,11 +35,20 @@ class Trainer:
     contexts: list  # data-parallel: the parameters' contexts (mx.cpu(i) or mx.gpu(i)); else the model's one
 
 
+# Across machines Gluon's Trainer takes a "dist_sync" kvstore: a scheduler and parameter servers beside the
+# workers (docs/distributed.md, "Two machines", where tests/test_two_machines.py runs it); nin train does not
+# start them.
+NODES_REFUSED = ("MXNet across machines runs a dist_sync kvstore with a scheduler and servers, which nin train does "
+                 "not start (docs/distributed.md, \"Two machines\")")
+
+
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
+                 compile: str, dtype: str = "float32", devices: int = 1, nodes: int = 1) -> Trainer:
     """The model in `dtype` (canonical weights are loaded by load_state; compiled: hybridize()) and
     train.make_optimizer's gluon.Trainer; devices > 1: a copy of every parameter on each of `devices`
     contexts and a kvstore ("device") that sums their gradients before each context's update."""
+    if nodes > 1:
+        raise NotImplementedError(NODES_REFUSED)
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
     contexts = [device_of(model)]
     if devices > 1:

@@ -240,9 +240,11 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
     return _ENGINES[keras.backend.backend()][1](job)
 
 
-def launch(devices: int, module: str, args: list) -> None:
+def launch(devices: int, module: str, args: list, *, nodes: int = 1, node_rank: int = 0,
+           rendezvous: str = "") -> None:
     """Nothing to start: on TensorFlow and JAX one process drives every replica (fit under the engine's scope);
-    Keras's fit has no data-parallel engine on PyTorch (loop.make_trainer says so)."""
+    Keras's fit has no data-parallel engine on PyTorch (loop.make_trainer says so). Across machines nothing is
+    joined: loop.make_trainer refuses nodes > 1 (NODES_REFUSED)."""
     return None
 
 

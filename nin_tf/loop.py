@@ -130,12 +130,26 @@ def _torch_replicas(spec: NetSpec, device: str, devices: int, compile: str) -> C
 _REPLICAS = {"tensorflow": _tensorflow_replicas, "jax": _jax_replicas, "torch": _torch_replicas}  # by Keras backend
 
 
+# Why nin train takes no --nodes, by Keras backend (docs/distributed.md, "On several machines")
+NODES_REFUSED = {
+    "tensorflow": "Keras's fit fails under MultiWorkerMirroredStrategy with 2 workers (Keras 3.15.1, TensorFlow 2.21: "
+                  "to build the model it reduces a whole batch across the workers, a ValueError; measured), so nin "
+                  "train does not start its workers",
+    "jax": "Keras on JAX across machines feeds each process its own share of every batch "
+           "(keras.distribution.initialize), which nin train does not do",
+    "torch": "Keras's fit has no data-parallel engine on PyTorch, on one machine or several, and nin train does not "
+             "wrap it",
+}
+
+
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
+                 compile: str, dtype: str = "float32", devices: int = 1, nodes: int = 1) -> Trainer:
     """The network (in dtype) behind an InputResize layer, compiled with train.make_optimizer's SGD
     (the learning rate from the table), cross-entropy, accuracy and the zero-logit share, the loss
     tracker and the metrics in dtype too. devices > 1: all of it made in the scope of the backend's
     data-parallel engine (MirroredStrategy, DataParallel), where fit splits every batch over the replicas."""
+    if nodes > 1:
+        raise NotImplementedError(NODES_REFUSED[keras.backend.backend()])
     replicas = (_REPLICAS[keras.backend.backend()](spec, device, devices, compile) if devices > 1
                 else contextlib.nullcontext)
     with replicas():

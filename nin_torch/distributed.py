@@ -97,19 +97,25 @@ def data_parallel_run(spec: NetSpec, weights: dict, batches: list, lrs: np.ndarr
             return list(z["losses"]), {k[2:]: z[k] for k in z.files if k.startswith("w/")}
 
 
-def launch(devices: int, module: str, args: list) -> int | None:
+def launch(devices: int, module: str, args: list, *, nodes: int = 1, node_rank: int = 0,
+           rendezvous: str = "") -> int | None:
     """`python -m module args` in `devices` processes on this machine, as `torchrun --standalone
     --nproc-per-node devices -m module args` starts them (the same launcher, called as a library so that a
-    failed rank is one line here, its exit status kept). None inside a rank: torchrun set WORLD_SIZE."""
+    failed rank is one line here, its exit status kept). On `nodes` machines, as `torchrun --nnodes nodes
+    --node-rank node_rank --rdzv-backend static --rdzv-endpoint rendezvous` does: node 0's launcher hosts the
+    store at that address, and ranks are numbered node by node. None inside a rank: torchrun set WORLD_SIZE."""
     if "WORLD_SIZE" in os.environ:
         return None
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    meeting = ({"rdzv_backend": "static", "rdzv_endpoint": rendezvous, "rdzv_configs": {"rank": node_rank},
+                "run_id": f"nin-{rendezvous}"}  # every node's the same: the store's keys are kept under it
+               if nodes > 1 else {"rdzv_backend": "c10d", "rdzv_endpoint": "localhost:0", "run_id": uuid.uuid4().hex})
+    config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=devices, max_restarts=0,
+                          monitor_interval=0.1, **meeting)
     try:
         elastic_launch(config, sys.executable)("-u", "-m", module, *args)
     except ChildFailedError as e:
         rank, failure = min(e.failures.items())
-        print(f"{module}: replica {rank} of {devices} exited with status {failure.exitcode}", file=sys.stderr)
+        print(f"{module}: replica {rank} of {devices * nodes} exited with status {failure.exitcode}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 

@@ -42,12 +42,12 @@ class Trainer:
     channels: int
     replicas: nn.Module  # what train_step runs: the model, or DistributedDataParallel around it
     rank: int = 0  # this process's replica, of `devices`
-    devices: int = 1
+    devices: int = 1  # replicas in all, on every machine
 
 
 def _process_group(device: str, devices: int) -> int:
-    """This process's rank in torch.distributed's group of `devices` processes, joined from the variables
-    torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo on a CPU, NCCL on GPUs."""
+    """This process's rank in torch.distributed's group of `devices` processes (on every machine), joined from
+    the variables torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo on a CPU, NCCL on GPUs."""
     if not dist.is_initialized():
         if "WORLD_SIZE" not in os.environ:
             raise ValueError(f"{devices} devices: PyTorch runs one process per replica, started by torchrun "
@@ -61,15 +61,16 @@ def _process_group(device: str, devices: int) -> int:
 
 
 def make_trainer(spec: NetSpec, lrs: np.ndarray, *, momentum: float, weight_decay: float, device: str,
-                 compile: str, dtype: str = "float32", devices: int = 1) -> Trainer:
-    """The model (canonical weights are loaded by load_state) and train.make_optimizer's SGD; devices > 1:
-    this process's replica, DistributedDataParallel around the model (it averages the gradients in backward)."""
-    rank = _process_group(device, devices) if devices > 1 else 0
+                 compile: str, dtype: str = "float32", devices: int = 1, nodes: int = 1) -> Trainer:
+    """The model (canonical weights are loaded by load_state) and train.make_optimizer's SGD; devices * nodes
+    > 1: this process's replica, DistributedDataParallel around the model (it averages the gradients in backward)."""
+    replicas = devices * nodes  # one process each, ranked node by node
+    rank = _process_group(device, replicas) if replicas > 1 else 0
     model = build(spec, device=device, dtype=dtype, compiled=compile == "compiled")
-    replicas = nn.parallel.DistributedDataParallel(model) if devices > 1 else model
+    wrapped = nn.parallel.DistributedDataParallel(model) if replicas > 1 else model
     optimizer = make_optimizer(model, lrs, momentum=momentum, weight_decay=weight_decay)
     rows, cols = (torch.as_tensor(m, device=device_of(model), dtype=DTYPES[dtype]) for m in input_matrices(spec))
-    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], replicas, rank, devices)
+    return Trainer(model, optimizer, rows, cols, spec.input_shape[0], wrapped, rank, replicas)
 
 
 def load_state(trainer: Trainer, weights: dict, optimizer: dict, step: int) -> None:

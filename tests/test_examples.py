@@ -41,9 +41,11 @@ class Small:
     moved: dict = field(default_factory=dict)
     why: str = ""
     gpu: bool = False
+    elsewhere: str = ""  # run by that test instead (an example that needs another machine): parsed only here
 
 
 RUNS = {"runs/": "{tmp}/runs/"}
+NODES = "tests/test_two_machines.py (node 0 and node 1 together, on loopback, one device each)"
 SMALL = {
     # README.md
     "nin summary --variant d2l --batch-size 128": Small(),
@@ -113,6 +115,10 @@ SMALL = {
     "nin train --backend torch --devices 2 --out runs/dp": Small(
         TINY_EPOCH + " --epochs 2", moved={"runs/dp": "{tmp}/dp"}, why="two epochs of 64 images at 96x96"),
     "nin train --backend jax --devices 4 --device gpu": Small(gpu=True),
+    "nin train --backend torch --devices 8 --nodes 2 --node-rank 0 --rendezvous node0.example:29500 --out runs/big":
+        Small(elsewhere=NODES),
+    "nin train --backend torch --devices 8 --nodes 2 --node-rank 1 --rendezvous node0.example:29500 --out runs/big":
+        Small(elsewhere=NODES),
     "nin train --backend torch --out runs/dp --resume --devices 1": Small(
         TINY_EPOCH + " --epochs 2", moved={"runs/dp": "{tmp}/dp"},
         why="the run just made (complete: it says so), with the flags it was made with"),
@@ -181,7 +187,7 @@ def ran(tmp_path_factory, data_dir):
         mp.chdir(ROOT)
         for _, command in examples():
             small = SMALL.get(command)
-            if small is None or small.gpu or command in results:
+            if small is None or small.gpu or small.elsewhere or command in results:
                 continue
             out = io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -204,5 +210,7 @@ def test_example_runs_as_written(ran, where, command):
         if not _has_gpu():
             pytest.skip(f"{where}: needs a GPU (parsed, not run)")
         pytest.skip(f"{where}: a GPU run, made by docs/gpu.md's session, not by the tests")
+    if small.elsewhere:
+        pytest.skip(f"{where}: needs its other machines; parsed here, run by {small.elsewhere}")
     code, output = ran[command]
     assert code == 0, f"{where}: `{command}` exited {code}\n{output[-3000:]}"

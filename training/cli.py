@@ -13,6 +13,7 @@ harness.processes); nothing here imports a framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -122,6 +123,7 @@ def _epoch_rows(epochs: list[dict]) -> tuple[list, list]:
 @_one_line
 def cmd_train(args) -> int:
     out = Path(args.out or Path("runs") / f"{args.backend}-{Path(args.variant or 'd2l').stem}-seed{args.seed or 0}")
+    nodes = _nodes(args)
     if args.resume:
         s = _resumed(args, out)
         if s is None:
@@ -130,11 +132,13 @@ def cmd_train(args) -> int:
         s = _settings(args, args.backend)
         if runs.existing(out / runs.METRICS, "metrics file") or runs.existing(out / runs.CHECKPOINT, "checkpoint"):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        check_writable(out / runs.METRICS, "--out")
-    recipes.check_devices(s, args.devices, s.train_limit or 60_000)
+        if not args.node_rank:
+            check_writable(out / runs.METRICS, "--out")
+    recipes.check_devices(s, args.devices, s.train_limit or 60_000, nodes=args.nodes)
     processes.check_memory(recipes.memory_bytes(s), device=s.device, what=_what(s))
-    extra = ["--devices", str(args.devices), *(["--resume"] if args.resume else [])]
-    with exclusive(out / runs.METRICS, "--out"):  # a second `nin train` into this run is refused meanwhile
+    extra = ["--devices", str(args.devices), *nodes, *(["--resume"] if args.resume else [])]
+    # a second `nin train` into this run is refused meanwhile; only node 0 writes, so only it holds the lock
+    with exclusive(out / runs.METRICS, "--out") if not args.node_rank else contextlib.nullcontext():
         code, result = run_worker("train", s, out, extra=extra, quiet=args.quiet, timeout=args.timeout)
     if code == 3:
         print(f"nin train: {s.backend} is not installed ({result.get('reason', 'see above')})", file=sys.stderr)
@@ -144,12 +148,32 @@ def cmd_train(args) -> int:
               f"({'SIGKILL: out of memory?' if code == -9 else 'not by nin'}); no epoch after the last "
               "checkpoint was kept", file=sys.stderr)
         return 1
+    if code == 0 and args.node_rank:  # node 0 wrote the run
+        said = f"node {args.node_rank} of {args.nodes} has trained its replicas; node 0 wrote the run to its --out"
+        print(json.dumps({"status": "done", "node_rank": args.node_rank, "nodes": args.nodes, "message": said})
+              if args.json else f"nin train: {said}", file=sys.stdout if args.json else sys.stderr)
+        return 0
     if code not in (0, EXIT_DIVERGED) or not (out / runs.METRICS).exists():
         if result.get("reason") and code != 2:
             print(f"nin train: {s.backend} failed: {result['reason']}", file=sys.stderr)
         return code or 1
     _show_run(out, args.json)
     return code
+
+
+def _nodes(args) -> list[str]:
+    """The worker's flags for a run on several machines ([] on one), once --nodes, --node-rank and --rendezvous
+    agree."""
+    if args.nodes == 1:
+        if args.node_rank or args.rendezvous:
+            raise SettingsError(f"{'--node-rank' if args.node_rank else '--rendezvous'}: a run on one machine "
+                                "takes neither --node-rank nor --rendezvous (pass --nodes M for M machines)")
+        return []
+    if args.node_rank >= args.nodes:
+        raise SettingsError(f"--node-rank {args.node_rank}: expected 0 to {args.nodes - 1} for --nodes {args.nodes}")
+    if not args.rendezvous:
+        raise SettingsError(f"--nodes {args.nodes}: --rendezvous HOST:PORT is required (where node 0 listens)")
+    return ["--nodes", str(args.nodes), "--node-rank", str(args.node_rank), "--rendezvous", args.rendezvous]
 
 
 def _what(s: Settings) -> str:
@@ -578,6 +602,13 @@ def _add_train_and_sweep(sub) -> None:
                    help="data-parallel on N devices with the framework's own engine (default 1); --batch-size is "
                         "the global batch, split evenly, so the recipe is unchanged; a checkpoint resumes on any N "
                         "(docs/distributed.md)")
+    t.add_argument("--nodes", type=flags.count(1, recipes.MAX_DEVICES), default=1, metavar="M",
+                   help="machines, each running this same command with its own --node-rank: N devices on each, "
+                        "M x N replicas in all (default 1)")
+    t.add_argument("--node-rank", type=flags.count(0, recipes.MAX_DEVICES - 1), default=0, metavar="R",
+                   help="this machine's place among the --nodes, 0 to M-1; node 0 writes the run (default 0)")
+    t.add_argument("--rendezvous", type=flags.address, metavar="HOST:PORT",
+                   help="where node 0 listens and the others meet it (required with --nodes above 1)")
     t.set_defaults(func=cmd_train)
 
     w = sub.add_parser("sweep", help="train backends x variants x seeds with one recipe (resumable), then report")

@@ -185,15 +185,18 @@ def steps_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
-def check_devices(s: Settings, devices: int, train_images: int) -> None:
-    """--devices: every batch, the last partial one too, splits evenly over the replicas, as the engines'
-    gradient mean assumes (a replica's mean over a smaller shard would weigh its images more)."""
+def check_devices(s: Settings, devices: int, train_images: int, *, nodes: int = 1) -> None:
+    """--devices (on each of --nodes machines): every batch, the last partial one too, splits evenly over the
+    replicas, as the engines' gradient mean assumes (a replica's mean over a smaller shard would weigh its
+    images more)."""
     _integer(devices, "--devices", 1, MAX_DEVICES)
+    _integer(nodes, "--nodes", 1, MAX_DEVICES)
+    replicas = devices * nodes
+    asked = f"--devices {devices}" + (f" on --nodes {nodes}" if nodes > 1 else "")
     last = train_images % s.batch_size
     for size, which in ((s.batch_size, "--batch-size"), (last, f"the last batch (--train-limit {train_images})")):
-        if size % devices:
-            raise SettingsError(f"--devices {devices}: {which} of {size} images does not split evenly over "
-                                f"{devices} replicas")
+        if size % replicas:
+            raise SettingsError(f"{asked}: {which} of {size} images does not split evenly over {replicas} replicas")
 
 
 def lr_table(s: Settings, steps: int) -> np.ndarray:

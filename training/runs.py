@@ -108,7 +108,8 @@ class HeaderJSON(schema.Schema):
     python: schema.STRING = None
     host: schema.STRING = None
     platform: schema.STRING = None
-    devices: schema.integer(1, MAX_DEVICES) = None  # data-parallel replicas (nin train --devices)
+    devices: schema.integer(1, MAX_DEVICES) = None  # data-parallel replicas in all (--devices on each of --nodes)
+    nodes: schema.integer(2, MAX_DEVICES) = None  # the machines they ran on, when more than one
     engine: schema.STRING = None  # their engine (distributed.ENGINE)
 
 

@@ -23,7 +23,6 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +36,8 @@ from harness import processes
 from . import recipe as recipes
 from . import runs
 from .recipe import Settings, SettingsError
+from .replicas import Replicas, leave, spread
 from .runs import RunError
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """How a run is spread: `devices` replicas on the framework's engine (distributed.py); `primary` in the
-    one process that writes the run's files and shows its progress (every process, where they share one)."""
-    devices: int = 1
-    primary: bool = True
-    engine: str = ""  # the engine's name (distributed.ENGINE) when devices > 1
 
 
 class DivergedError(RuntimeError):
@@ -140,8 +131,9 @@ def _resume(s: Settings, out: Path, command: str, replicas: Replicas = Replicas(
         records, epoch0, step0 = list(meta["records"]), meta["epoch"], meta["step"]
     else:  # stopped before its first epoch ended: start again from the canonical init
         records, epoch0, step0 = [], 0, 0
-    others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "devices": replicas.devices,
-                        "created": _now(), "command": command}]
+    others = others + [{"type": "resume", "epoch": epoch0, "step": step0, "devices": replicas.total,
+                        **({"nodes": replicas.nodes} if replicas.nodes > 1 else {}), "created": _now(),
+                        "command": command}]
     return records, epoch0, step0, others, header, init, optimizer_state
 
 
@@ -171,14 +163,16 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
     x, y, tx, ty = load_data(s, data_dir)
     steps = recipes.steps_per_epoch(len(x), s.batch_size)
     lrs = recipes.lr_table(s, steps)
-    recipes.check_devices(s, replicas.devices, len(x))
+    recipes.check_devices(s, replicas.devices, len(x), nodes=replicas.nodes)
     try:
         trainer = loop.make_trainer(spec, lrs, momentum=s.momentum_used, weight_decay=s.weight_decay,
-                                    device=s.device, compile=s.compile, devices=replicas.devices)
+                                    device=s.device, compile=s.compile, devices=replicas.devices,
+                                    nodes=replicas.nodes)
     except (ValueError, NotImplementedError) as e:  # the engine cannot run these replicas here: say why
-        if replicas.devices == 1:
+        if replicas.total == 1:
             raise
-        raise SettingsError(f"--devices {replicas.devices}: {e}") from None
+        raise SettingsError(f"--{'nodes' if replicas.nodes > 1 else 'devices'} "
+                            f"{replicas.nodes if replicas.nodes > 1 else replicas.devices}: {e}") from None
     quiet = quiet or not replicas.primary
     try:
         loop.load_state(trainer, init, optimizer_state, step0)
@@ -187,7 +181,8 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
     if header is None:
         header = _header(s, train=train_mod, device_name=train_mod.device_name(s.device), numerics=numerics,
                          command=command, sizes={"train_images": len(x), "test_images": len(tx),
-                                                 "steps_per_epoch": steps, "devices": replicas.devices,
+                                                 "steps_per_epoch": steps, "devices": replicas.total,
+                                                 **({"nodes": replicas.nodes} if replicas.nodes > 1 else {}),
                                                  **({"engine": replicas.engine} if replicas.engine else {})})
     if not replicas.primary:  # a replica of a data-parallel run: trains its shards, writes nothing
         header = None
@@ -213,8 +208,8 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
                     else "no epoch finished, so there is no checkpoint")
             raise DivergedError(f"{s.backend} {s.variant} diverged: {e}; stopped, {kept}") from None
         train_seconds = time.perf_counter() - tally.start
-        if header is None:  # not the primary replica: the model it holds is the same, evaluated there
-            continue
+        # every replica evaluates and exports, the primary's results are kept: where the replicas are one program
+        # (a JAX Mesh across machines), each process takes part in every computation on the replicated state
         if (epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs:
             bar.set_description_str(f"{s.backend} {s.variant} epoch {epoch + 1}/{s.epochs} (evaluating)")
             result = loop.evaluate(trainer, tx, ty, batch_size=s.batch_size)
@@ -222,6 +217,8 @@ def train(s: Settings, out: Path, *, resume: bool, command: str, quiet: bool = F
             result = {"loss": math.nan, "accuracy": math.nan, "zero_logits": math.nan, "skipped": True}
         bar.close()
         w, opt, step = loop.export_state(trainer)
+        if header is None:  # not the primary replica: it holds the same model, and writes nothing
+            continue
         bad = [k for k, v in w.items() if not np.all(np.isfinite(v))]
         if bad or not (math.isfinite(result["loss"]) or result.get("skipped")):
             others.append({"type": "diverged", "epoch": epoch + 1, "step": step, "loss": result["loss"],
@@ -326,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-lr", type=float, default=10.0)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--devices", type=int, default=1, help="data-parallel replicas on the backend's engine")
+    p.add_argument("--nodes", type=int, default=1, help="machines, --devices replicas on each")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's place among them")
+    p.add_argument("--rendezvous", default="", help="HOST:PORT where node 0 listens")
     p.add_argument("--kill-at-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL itself mid-epoch
     args = p.parse_args(argv)
     try:
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nin train: {', '.join(missing)} not installed for {sys.executable}", file=sys.stderr)
         return 3
     try:
-        replicas = _replicas(settings, args.devices, argv if argv is not None else sys.argv[1:])
+        replicas = spread(settings, devices=args.devices, nodes=args.nodes, node_rank=args.node_rank,
+                          rendezvous=args.rendezvous, argv=argv if argv is not None else sys.argv[1:])
         if isinstance(replicas, int):  # the launcher ran the replicas, each a process of its own
             return replicas
         if args.mode == "train":
@@ -367,31 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _replicas(s: Settings, devices: int, argv: list[str]) -> Replicas | int:
-    """One device: Replicas(). Several: the backend's distributed.py starts a process per replica where
-    its engine needs that (its launcher's exit status comes back), or makes a CPU show `devices` devices."""
-    recipes.check_devices(s, devices, s.train_limit or 60_000)
-    if devices == 1:
-        return Replicas()
-    parallel = processes.load(s.backend, "distributed")
-    code = parallel.launch(devices, "training.worker", argv)
-    if code is not None:
-        return code
-    if s.device == "cpu":
-        parallel.simulate_devices(devices)
-    return Replicas(devices, parallel.process_index() == 0, parallel.ENGINE)
-
-
-def _leave(code: int) -> None:
-    """A replica of a data-parallel run leaves without the interpreter's teardown: freeing DDP's reducer
-    destroys gloo's process group, whose destructor can wait for the GIL this thread holds (seen here)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     status = main()
     if any(arg.startswith("--devices") for arg in sys.argv):
-        _leave(status)
+        leave(status)
     sys.exit(status)
