@@ -26,6 +26,25 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANT = "paper"  # the fastest: the float64 reference trains it in seconds
 
 
+RECORDS_AT_ONCE = 2  # CI's cores: a record spends much of its time starting its interpreter and framework
+
+
+def _record_every_backend(out: Path, precision: str, suffix: str = "") -> dict[str, Path]:
+    """backend -> its record of VARIANT (eager, on the CPU), for every backend whose interpreter has its
+    framework; the records are made two at a time, each in its own worker process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [name for name in backends.BACKENDS if _runnable(name)]
+    paths = {name: out / f"{name}{suffix}.safetensors" for name in names}
+    with ThreadPoolExecutor(max_workers=RECORDS_AT_ONCE) as pool:
+        done = {name: pool.submit(run_record, name, [VARIANT], device="cpu", precision=precision, compile="eager",
+                                  out=paths[name], quiet=True) for name in names}
+    for name, future in done.items():
+        r = future.result()
+        assert r.returncode == 0, f"recording {name} in {precision} failed:\n{r.stderr[-3000:]}"
+    return paths
+
+
 def _runnable(name: str) -> bool:
     modules = ", ".join(backends.get(name).requires)
     r = subprocess.run([processes.python_for(name), "-c", f"import {modules}"],
@@ -36,15 +55,7 @@ def _runnable(name: str) -> bool:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, data_dir):
     """One fp32 eager record per backend whose interpreter has its framework."""
-    out = tmp_path_factory.mktemp("records")
-    made = {}
-    for name in backends.BACKENDS:
-        if not _runnable(name):
-            continue
-        path = out / f"{name}.safetensors"
-        r = run_record(name, [VARIANT], device="cpu", precision="fp32", compile="eager", out=path, quiet=True)
-        assert r.returncode == 0, f"recording {name} failed:\n{r.stderr[-3000:]}"
-        made[name] = path
+    made = _record_every_backend(tmp_path_factory.mktemp("records"), "fp32")
     required = [n for n in os.environ.get("NIN_REQUIRE", "").split(",") if n in backends.BACKENDS]  # not `data`
     missing = [n for n in required if n not in made]
     assert not missing, f"NIN_REQUIRE lists {missing} but their interpreters lack the framework"
@@ -208,14 +219,7 @@ def test_records_compare_the_same_from_another_environment(records):
 
 def test_fp64_records_meet_the_reference_at_float64_resolution(tmp_path, data_dir):
     """Every backend in float64: the paper variant's checks at float64's own bounds."""
-    made = []
-    for name in backends.BACKENDS:
-        if not _runnable(name):
-            continue
-        path = tmp_path / f"{name}-fp64.safetensors"
-        r = run_record(name, [VARIANT], device="cpu", precision="fp64", compile="eager", out=path, quiet=True)
-        assert r.returncode == 0, f"recording {name} in fp64 failed:\n{r.stderr[-3000:]}"
-        made.append(path)
+    made = list(_record_every_backend(tmp_path, "fp64", "-fp64").values())
     result = compare.compare(made)
     assert result.passed, matrix.render(result)
     # a backend that declares what it computes below float64 (Keras on JAX and PyTorch) is held to
