@@ -35,9 +35,7 @@ class Trainer:
     contexts: list  # data-parallel: the parameters' contexts (mx.cpu(i) or mx.gpu(i)); else the model's one
 
 
-# Across machines Gluon's Trainer takes a "dist_sync" kvstore: a scheduler and parameter servers beside the
-# workers (docs/distributed.md, "Two machines", where tests/test_two_machines.py runs it); nin train does not
-# start them.
+# Why nin train takes no --nodes (docs/distributed.md, "Two machines": the kvstore itself is tested there)
 NODES_REFUSED = ("MXNet across machines runs a dist_sync kvstore with a scheduler and servers, which nin train does "
                  "not start (docs/distributed.md, \"Two machines\")")
 
