@@ -207,9 +207,11 @@ def scheduled_order(cases: Cases, epoch: int) -> np.ndarray:
     return data.epoch_order(cases.scheduled_images, seed=cases.init_seed, epoch=epoch)
 
 
-def _scheduled(spec, cases: Cases, init: dict, d: TrainingData, *, rounding) -> dict[str, np.ndarray]:
+def scheduled(spec, cases: Cases, d: TrainingData, *, rounding: reference.Rounding | None = None
+              ) -> dict[str, np.ndarray]:
     """The scheduled case in float64: per epoch, the driver's order, SGD over the table's rates,
     then an evaluation with the running statistics (biased and, as "_unbiased", PyTorch's variance)."""
+    init = weights.init(spec, cases.init_seed)
     spec = spec.with_dropout(0.0)
     rows, cols = data.input_matrices(spec)
     resize = lambda images: reference.resize(images, rows, cols, spec.input_shape[0], rounding=rounding)  # noqa: E731
@@ -258,7 +260,7 @@ def compute(spec, cases: Cases, training: TrainingData, *, rounding: reference.R
         out.update({f"{prefix}final/{k}": v for k, v in final.items() if calc.is_trainable(k)})
         if not prefix:
             out.update({f"running/{k}": v for k, v in final.items() if not calc.is_trainable(k)})
-    out.update(_scheduled(spec, cases, init, training, rounding=rounding))
+    out.update(scheduled(spec, cases, training, rounding=rounding))
     out.update({f"dropout/{i}/rate": np.array([p]) for i, p in enumerate(dropout_rates(spec))})
     return out
 

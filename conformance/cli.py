@@ -124,7 +124,8 @@ def cmd_conformance(args) -> int:
         return sweep.record_and_compare(args, variants, jobs)
 
 
-_SHOWN = ("logits", "loss", "grad/", "trajectory", "final/", "momentum/trajectory", "momentum/final/")
+_SHOWN = ("logits", "loss", "grad/", "trajectory", "final/", "momentum/trajectory", "momentum/final/",
+          "scheduled/trajectory", "scheduled/final/")
 
 
 def cmd_error_model(args) -> int:
@@ -137,7 +138,7 @@ def cmd_error_model(args) -> int:
     from .compare import as_updates
 
     cases = Cases()
-    rows, entries = [], {}
+    rows = []
     progress = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     for name in inputs.variants(args):
         spec = specs.get(name)
@@ -145,14 +146,9 @@ def cmd_error_model(args) -> int:
         calc.check_memory(records.record_memory(spec, cases, "fp64"), what=f"--variant {name}: its float64 runs")
         ref = as_updates(reference_results(spec, cases), weights.init(spec, cases.init_seed))
         for precision in args.precision:
-            if args.write:
-                entries[errormodel.key(spec, cases, precision)] = {
-                    "variant": spec.name, "precision": precision, "unit": errormodel.UNITS[precision],
-                    "members": errormodel.MEMBERS,
-                    "spreads": errormodel.compute_spreads(spec, cases, precision, progress=progress)}
-                errormodel.store(entries)  # as it goes: an interrupted run keeps what it measured
-            spread = entries[errormodel.key(spec, cases, precision)]["spreads"] if args.write else \
-                errormodel.spreads(spec, cases, precision, progress=progress)
+            if args.write:  # stored as it goes: an interrupted run keeps what it measured
+                errormodel.store(errormodel.entries(spec, cases, precision, progress=progress, fresh=args.again))
+            spread = errormodel.spreads(spec, cases, precision, progress=progress)
             worst = []
             for kind in _SHOWN:
                 keys = [k for k in ref if (k.startswith(kind) if kind.endswith("/") else k == kind)]
@@ -261,6 +257,8 @@ def add_commands(sub) -> None:
     e.add_argument("--variant", nargs="+", action=flags.Distinct, help="variants (default: all)")
     e.add_argument("--precision", nargs="+", action=flags.Distinct, choices=PRECISIONS, default=list(PRECISIONS),
                    help="precisions whose spreads to show (default: all)")
-    e.add_argument("--write", action="store_true", help="measure again and store in conformance/error_model.json")
+    e.add_argument("--write", action="store_true",
+                   help="store in conformance/error_model.json what it lacks, measured now")
+    e.add_argument("--again", action="store_true", help="with --write: measure every spread again")
     e.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     e.set_defaults(func=cmd_error_model)

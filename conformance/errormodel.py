@@ -7,7 +7,8 @@ step), each with its own random draw. The *spread* of a quantity is the largest 
 perturbed copy from the unperturbed run: elementwise for logits, loss and the loss trajectories,
 as a norm per tensor for gradients and weight updates. It measures the case itself: a
 well-conditioned case moves by ~1e-7 in float32, a chaotic one (ReLU and max-pool kinks that flip,
-batch norm over four images) by far more, whoever computes it.
+batch norm over four images) by far more, whoever computes it. The scheduled case's runs land in
+clusters far apart: it gets SCHEDULED_MEMBERS copies, stored as an entry of their own.
 
 conformance.tolerances turns a spread into the bound of a check. Spreads are measured once, with float64
 arithmetic and seeded draws (so they do not depend on the machine's BLAS), and stored in
@@ -32,6 +33,9 @@ from . import cases as case_lib
 
 UNITS = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "fast": 2.0 ** -11}  # fast: TF32 keeps 10 mantissa bits
 MEMBERS = 8  # kink flips are discrete events: four copies can miss one that a real run makes
+# The scheduled run (six steps through the warm-up's peak, with momentum) lands in clusters far apart, as
+# kinks flip together: 8 copies can all land in the near ones (docs/conformance.md, measured on d2l-linear-head)
+SCHEDULED_MEMBERS = 32
 MODEL_VERSION = 3  # bump when the injected rounding changes: the key of every stored spread
 STORE = Path(__file__).resolve().parent / "error_model.json"
 
@@ -70,6 +74,11 @@ def key(spec, cases, precision: str) -> str:
     return case_lib.case_key(spec, cases, "error-model", MODEL_VERSION, precision, MEMBERS)
 
 
+def scheduled_key(spec, cases, precision: str) -> str:
+    """The key of the scheduled case's further copies (MEMBERS to SCHEDULED_MEMBERS - 1)."""
+    return case_lib.case_key(spec, cases, "error-model-scheduled", MODEL_VERSION, precision, MEMBERS, SCHEDULED_MEMBERS)
+
+
 def compute_spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, list]:
     """Run the MEMBERS perturbed copies of every case of `spec` and measure each quantity's spread."""
     batches = case_lib.training_batches(spec, cases, data_dir)
@@ -80,6 +89,18 @@ def compute_spreads(spec, cases, precision: str, data_dir=None, *, progress=None
             progress(f"{spec.name} {precision}: perturbed copy {m + 1} of {MEMBERS}")
         members.append(case_lib.compute(spec, cases, batches, rounding=Rounding(UNITS[precision], seed=m)))
     return {k: spread_of(k, [r[k] for r in members], exact[k]) for k in exact if kind_of(k) != "dropout"}
+
+
+def compute_scheduled_spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, list]:
+    """The scheduled case's further perturbed copies (seeds MEMBERS to SCHEDULED_MEMBERS - 1) and their spreads."""
+    batches = case_lib.training_batches(spec, cases, data_dir)
+    exact = case_lib.reference_results(spec, cases, data_dir)
+    members = []
+    for m in range(MEMBERS, SCHEDULED_MEMBERS):
+        if progress:
+            progress(f"{spec.name} {precision}: scheduled run, perturbed copy {m + 1} of {SCHEDULED_MEMBERS}")
+        members.append(case_lib.scheduled(spec, cases, batches, rounding=Rounding(UNITS[precision], seed=m)))
+    return {k: spread_of(k, [r[k] for r in members], exact[k]) for k in members[0]}
 
 
 def _load_store(path: Path) -> dict:
@@ -94,29 +115,54 @@ def _load_store(path: Path) -> dict:
             and all(isinstance(v, list) for v in e["spreads"].values())}
 
 
-def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, np.ndarray]:
-    """The stored spreads of this case, else those cached on this machine, else measured now (and cached)."""
+def _parts(spec, cases, precision: str) -> dict[str, tuple]:
+    """key -> (its copies, how they are measured): every case's copies, and the scheduled case's further ones."""
+    return {key(spec, cases, precision): (MEMBERS, compute_spreads),
+            scheduled_key(spec, cases, precision): (f"{MEMBERS}..{SCHEDULED_MEMBERS - 1}", compute_scheduled_spreads)}
+
+
+def is_stored(spec, cases, precision: str) -> bool:
+    """Whether conformance/error_model.json holds every spread of this case in this precision."""
+    return set(_parts(spec, cases, precision)) <= set(_load_store(STORE))
+
+
+def entries(spec, cases, precision: str, data_dir=None, *, progress=None, fresh: bool = False) -> dict[str, dict]:
+    """The store's entries of this case: stored, else cached on this machine, else measured now (and cached);
+    fresh: measured now whatever is stored."""
     if precision not in UNITS:
         raise ValueError(f"precision must be one of {sorted(UNITS)}, got {precision!r}")
-    k = key(spec, cases, precision)
-    entry = _load_store(STORE).get(k)
-    cache = cache_dir() / "error-model" / f"{spec.name}-{k}.json"
-    if entry is None and cache.is_file():
-        entry = _load_store(cache).get(k)
-    if entry is None:
-        entry = {"variant": spec.name, "precision": precision, "unit": UNITS[precision], "members": MEMBERS,
-                 "spreads": compute_spreads(spec, cases, precision, data_dir, progress=progress)}
-        atomic_write_text(cache, json.dumps({k: entry}))
-    return {name: np.asarray(v, dtype=np.float64) for name, v in entry["spreads"].items()}
+    stored, out = _load_store(STORE), {}
+    for k, (members, compute) in _parts(spec, cases, precision).items():
+        cache = cache_dir() / "error-model" / f"{spec.name}-{k}.json"
+        entry = None if fresh else stored.get(k)
+        if entry is None and not fresh and cache.is_file():
+            entry = _load_store(cache).get(k)
+        if entry is None:
+            entry = {"variant": spec.name, "precision": precision, "unit": UNITS[precision], "members": members,
+                     "spreads": compute(spec, cases, precision, data_dir, progress=progress)}
+            atomic_write_text(cache, json.dumps({k: entry}))
+        out[k] = entry
+    return out
 
 
-def store(entries: dict[str, dict], path: Path = STORE) -> Path:
+def spreads(spec, cases, precision: str, data_dir=None, *, progress=None) -> dict[str, np.ndarray]:
+    """Every quantity's spread: over the MEMBERS copies, and over SCHEDULED_MEMBERS for the scheduled case
+    (a spread is a largest distance: the largest of the two parts' is the spread of all the copies)."""
+    out: dict[str, np.ndarray] = {}
+    for entry in entries(spec, cases, precision, data_dir, progress=progress).values():
+        for name, v in entry["spreads"].items():
+            v = np.asarray(v, dtype=np.float64)
+            out[name] = np.maximum(out[name], v) if name in out else v
+    return out
+
+
+def store(measured: dict[str, dict], path: Path = STORE) -> Path:
     """Merge measured entries into the committed file (one line per entry, stable order). Several
     `nin error-model --write` processes may measure at once: the read-merge-write is locked."""
     lock = Path(tempfile.gettempdir()) / f"nin-error-model-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}.lock"
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         current = _load_store(path)
-        current.update(entries)
+        current.update(measured)
         lines = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(current.items())]
         return atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")

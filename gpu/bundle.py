@@ -72,11 +72,7 @@ def missing_spreads(variants: list[str], precision: str = "fast") -> list[str]:
     from conformance import errormodel
     from conformance.cases import Cases
 
-    try:
-        stored = json.loads(errormodel.STORE.read_text())
-    except (OSError, ValueError):
-        stored = {}
-    return [v for v in variants if errormodel.key(specs.get(v), Cases(), precision) not in stored]
+    return [v for v in variants if not errormodel.is_stored(specs.get(v), Cases(), precision)]
 
 
 def measure_spreads(variant: str, precision: str = "fast") -> float:
@@ -88,10 +84,7 @@ def measure_spreads(variant: str, precision: str = "fast") -> float:
 
     start = time.perf_counter()
     spec, cases = specs.get(variant), Cases()
-    spreads = errormodel.spreads(spec, cases, precision)
-    errormodel.store({errormodel.key(spec, cases, precision): {
-        "variant": spec.name, "precision": precision, "unit": errormodel.UNITS[precision],
-        "members": errormodel.MEMBERS, "spreads": {k: v.tolist() for k, v in spreads.items()}}})
+    errormodel.store(errormodel.entries(spec, cases, precision))
     return time.perf_counter() - start
 
 

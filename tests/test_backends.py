@@ -10,7 +10,7 @@ here skips with the reason (fails under NIN_REQUIRE).
 import numpy as np
 import pytest
 
-from common import backends, calc, reference, weights
+from common import calc, reference, weights
 from common.spec import Dropout, Flatten, GlobalAvgPool, NetSpec, NiNBlock
 from common.weights import WeightsError
 from conformance import errormodel
@@ -58,16 +58,10 @@ def verdicts(bk, computed, spec, data_dir):
 
 
 # Open defects, measured and not yet fixed: (backend, variant, check) -> what was seen. The test still
-# runs and reports its ratio; the fix is to find the cause, never to widen a bound. On d2l-linear-head's
-# fp32 scheduled run, Flax, Keras on JAX and MXNet end 0.00528 from the reference in final weights
-# (2.6x the bound) and agree with each other to 1e-8: one discrete event (a ReLU or max-pool kink
-# flipped) that these kernels make and the error model's 8 perturbed copies did not (2-core Zen 2,
-# 2026-12-05). The case, not a backend: the error model must learn it (more copies, or a case that
-# is not chaotic in fp32). PyTorch and Keras on TensorFlow pass here, but whether a kernel flips it
-# depends on its accumulation order, so on another CPU any backend may: the entry is per case.
-_FLIP = "fp32 kink flip on d2l-linear-head's scheduled run that the error model's copies miss (1.1x, 2.6x)"
-KNOWN = {(backend, "d2l-linear-head", check): _FLIP for backend in backends.BACKENDS
-         for check in ("scheduled_trajectory", "scheduled_final_weights")}
+# runs and reports its ratio; the fix is to find the cause, never to widen a bound. None is open: the
+# last (d2l-linear-head's fp32 scheduled run, 2.6x on a Zen 2) was the error model's, whose 8 copies had
+# missed the run's far clusters (results/findings/2026-12-06-scheduled-clusters.md).
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 @pytest.mark.parametrize("check", [c for c in CHECKS if not c.startswith("resumed_")])  # resume records only

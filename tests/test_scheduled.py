@@ -49,6 +49,35 @@ def test_every_scheduled_quantity_has_a_bound(data_dir):
                                                                  "running_statistics")}
 
 
+def test_the_scheduled_spread_is_the_largest_over_all_its_copies(tmp_path, monkeypatch):
+    """The scheduled case's further copies are an entry of their own; a spread is the larger of the two
+    entries', the other cases' spreads are the first entry's alone."""
+    from conformance import errormodel
+    spec, cases = case_lib.PROBE, PROBE_CASES
+    first = {"logits": [1.0, 1.0], "scheduled/trajectory": [1.0, 5.0], "scheduled/final/w": [2.0]}
+    further = {"scheduled/trajectory": [3.0, 4.0], "scheduled/final/w": [1.0]}
+    store = tmp_path / "store.json"
+    errormodel.store({errormodel.key(spec, cases, "fp32"): {"spreads": first},
+                      errormodel.scheduled_key(spec, cases, "fp32"): {"spreads": further}}, store)
+    monkeypatch.setattr(errormodel, "STORE", store)
+    assert errormodel.is_stored(spec, cases, "fp32") and not errormodel.is_stored(spec, cases, "fp64")
+    got = errormodel.spreads(spec, cases, "fp32")
+    assert {k: v.tolist() for k, v in got.items()} == {
+        "logits": [1.0, 1.0], "scheduled/trajectory": [3.0, 5.0], "scheduled/final/w": [2.0]}
+
+
+def test_every_variant_s_spreads_are_stored():
+    """`make conformance` and the tests never measure an error model on a user's machine: every named
+    variant's fp32 and fp64 spreads, and the quick tier's, are in conformance/error_model.json,
+    the scheduled run's further copies included (errormodel.SCHEDULED_MEMBERS)."""
+    from common import spec as specs
+    from conformance import errormodel
+    missing = [(name, p) for name in specs.VARIANTS for p in ("fp32", "fp64")
+               if not errormodel.is_stored(specs.get(name), Cases(), p)]
+    missing += [("quick", p) for p in ("fp32", "fp64") if not errormodel.is_stored(case_lib.PROBE, PROBE_CASES, p)]
+    assert missing == [], "measure them: nin error-model --variant NAME --write"
+
+
 def _independent(rng, shape, rate):
     return (rng.random(shape) >= rate) / (1 - rate)
 
