@@ -137,6 +137,8 @@ def cmd_error_model(args) -> int:
     from .cases import Cases, reference_results
     from .compare import as_updates
 
+    if args.again and not args.write:
+        raise UsageError("--again: measures spreads again to store them; it needs --write")
     cases = Cases()
     rows = []
     progress = (lambda m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))

@@ -48,6 +48,12 @@ def test_error_model_prints_json(capsys):
     assert row["variant"] == "paper" and row["precision"] == "fp32" and 0 < row["logits"] < 1e-3
 
 
+def test_error_model_again_without_write_is_refused_in_one_line(capsys):
+    assert cli.main(["error-model", "--again"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "nin: --again: measures spreads again to store them; it needs --write"
+
+
 def _third_party_imports() -> set[str]:
     found = set()
     for package in DRIVERS:
