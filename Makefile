@@ -3,7 +3,9 @@
 #   make conformance   the main job: summaries of every variant, then the conformance matrix of every
 #                      backend (fp32 and fp64, eager for every variant, compiled for paper: compiling
 #                      is slow on a CPU), written to records/matrix.md and .json; records are made
-#                      two or more at a time (nin conformance --jobs; README: how long it takes)
+#                      two or more at a time (nin conformance --jobs; README: how long it takes); then
+#                      the quick tier's matrix (the probe network, whose scheduled run replays every
+#                      backend's dropout masks exactly: 5 minutes), written to records/quick-matrix.md
 #   make test          ruff, then the test suite, each backend in its own environment
 # Fashion-MNIST is found the same way by every command (common/data.py): $NIN_DATA_DIR, a copy beside
 # the checkout (../shared/data/fashion-mnist), or ~/.cache/nin/fashion-mnist, where it is downloaded.
@@ -42,6 +44,7 @@ conformance: setup
 	@for v in d2l paper d2l-single-1x1 d2l-gradual d2l-linear-head d2l-bn; do \
 		$(NIN) summary --variant $$v || exit 1; echo; done
 	$(NIN) conformance --compile-variants paper --report records/matrix.md --json-out records/matrix.json
+	$(NIN) conformance --quick --report records/quick-matrix.md --json-out records/quick-matrix.json
 
 # ruff, then pytest in each interpreter (scripts/test-all.sh: each Keras backend is a process of its own,
 # KERAS_BACKEND being read once; the MXNet environment runs common's tests again and MXNet's). Every

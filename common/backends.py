@@ -199,6 +199,11 @@ class LoopModule(Protocol):
         """One pass over uint8 images in the epoch's order; progress(n, mean loss, correct) per batch (data-parallel:
         the global batch's; each replica its share of every batch and its own dropout masks)."""
 
+    def dropout_masks(self, trainer: Any, shapes: list, *, dropout_seed: int) -> list:
+        """The keep masks train_epoch(..., dropout_seed=dropout_seed) draws (one device): for each batch, for each
+        dropout layer in order, a 0/1 NumPy array of its input's canonical NCHW shape (shapes[batch][layer]),
+        drawn again by the model's own dropout layers from the random stream restarted as train_epoch restarts it."""
+
     def evaluate(self, trainer: Any, images: Any, labels: Any, *, batch_size: int) -> dict:
         """Mean loss, accuracy and the share of all-non-positive logits, dropout off."""
 

@@ -1,9 +1,9 @@
 """The NumPy oracle: forward, softmax cross-entropy, backward and an SGD step for any NetSpec.
 
 Layout is NCHW / OIHW with canonical parameter names (common.weights). Computes in float64 by
-default: the fixed point every framework is measured against. Dropout is the identity here: the
-reference is called in eval mode or with `spec.with_dropout(0)`; the frameworks' dropout is tested
-on its own (tests/test_backends.py, test_dropout_acts_in_training_only).
+default: the fixed point every framework is measured against. The reference draws no random numbers:
+in training, dropout applies the keep masks it is given (`masks`: the ones a backend drew, replayed
+exactly; conformance.cases.scheduled), or the spec's dropout must be 0 (`spec.with_dropout(0)`).
 
 `rounding=Rounding(unit, seed)` runs the same float64 computation with the rounding errors of a
 lower precision injected where such an implementation makes them (every dot product of a
@@ -14,7 +14,7 @@ alone can carry it: the error model behind every tolerance (docs/conformance.md)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,17 +152,27 @@ def _cast(weights: Mapping[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
 
 def forward(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, *,
             training: bool = False, dtype=np.float64, rounding: Rounding | None = None,
-            running: dict | None = None, return_tape: bool = False, return_layer_outputs: bool = False):
-    """Logits (N, classes). training=True uses batch statistics in batch norm (dropout must be 0).
+            running: dict | None = None, masks: Sequence[np.ndarray] | None = None, return_tape: bool = False,
+            return_layer_outputs: bool = False):
+    """Logits (N, classes). training=True uses batch statistics in batch norm, and dropout applies `masks`.
+
+    masks: in training, one keep mask (0 / 1, the dropout's input shape, NCHW) per dropout layer of
+    non-zero rate, in order: x * mask / (1 - rate), as every framework's inverted dropout computes it.
+    Without masks, training needs every dropout rate to be 0.
 
     running: batch norm's running statistics, updated in place in training mode, as the frameworks do:
     stat = momentum * stat + (1 - momentum) * batch_stat, for the biased batch variance
     ("<bn>.running_var") and the unbiased one ("<bn>.running_var_unbiased": PyTorch's).
     return_layer_outputs: also return the output of every entry of spec.layers.
     """
-    if training and any(isinstance(layer, Dropout) and layer.rate > 0 for layer in spec.layers):
-        raise ValueError(f"{spec.name}: the reference has no dropout randomness; "
-                         "train it on spec.with_dropout(0.0)")
+    dropping = [layer for layer in spec.layers if isinstance(layer, Dropout) and layer.rate > 0 and training]
+    if masks is None and dropping:
+        raise ValueError(f"{spec.name}: the reference draws no dropout masks; give the masks to replay, or train it "
+                         "on spec.with_dropout(0.0)")
+    if masks is not None and len(masks) != len(dropping):
+        raise ValueError(f"{spec.name}: {len(masks)} dropout masks for {len(dropping)} dropout layers of non-zero "
+                         "rate in training")
+    masks = iter(masks or ())
     expected = spec.input_shape
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(f"{spec.name}: expected images of shape (N, {', '.join(map(str, expected))}), "
@@ -208,7 +218,14 @@ def forward(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
         elif op.kind == "flatten":
             tape.append(("flatten", op, x.shape))
             x = x.reshape(x.shape[0], -1)
-        # dropout: the identity (eval mode, or rate 0 in training)
+        elif op.kind == "dropout" and training and spec.layers[op.index].rate > 0:
+            mask = np.asarray(next(masks))
+            if mask.shape != x.shape:
+                raise ValueError(f"{spec.name}: {op.name}'s mask has shape {mask.shape}, its input {x.shape}")
+            scale = (mask != 0) / (1.0 - spec.layers[op.index].rate)
+            tape.append(("dropout", op, scale))
+            x = x * scale if rounding is None else rounding.stored(x * scale)
+        # dropout otherwise: the identity (eval mode, or rate 0)
         outputs[op.index] = x
     result = [x]
     if return_tape:
@@ -227,12 +244,13 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def loss_and_grads(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
                    labels: np.ndarray, *, dtype=np.float64, rounding: Rounding | None = None,
-                   running: dict | None = None) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean softmax cross-entropy in training mode (dropout must be 0) and its gradient for every
-    trainable parameter, by canonical name (running: see forward)."""
+                   running: dict | None = None, masks: Sequence[np.ndarray] | None = None
+                   ) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy in training mode and its gradient for every trainable parameter, by
+    canonical name (running, masks: see forward; without masks, dropout must be 0)."""
     w = _cast(weights, dtype)
     logits, tape = forward(spec, w, images, training=True, dtype=dtype, rounding=rounding, running=running,
-                           return_tape=True)
+                           masks=masks, return_tape=True)
     loss = softmax_cross_entropy(logits, labels)
     z = logits - logits.max(axis=1, keepdims=True)
     prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -251,6 +269,8 @@ def loss_and_grads(spec: NetSpec, weights: Mapping[str, np.ndarray], images: np.
                 dy = np.broadcast_to(dy / (shape[2] * shape[3]), shape)
         elif kind == "relu":
             dy = dy * (saved > 0)
+        elif kind == "dropout":
+            dy = dy * saved if rounding is None else rounding.stored(dy * saved)
         elif kind == "pool":
             dy = max_pool_backward(saved, dy, kernel_size=op.kernel_size, stride=op.stride, padding=op.padding)
         elif kind == "bn":

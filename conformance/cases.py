@@ -16,7 +16,10 @@ Nothing in a record is needed to rebuild a case but its `Cases` (seeds and sizes
   `scheduled_images` uint8 Fashion-MNIST images resized on the device, in the driver's per-epoch
   order, a warm-up + cosine learning-rate table, momentum and coupled weight decay, the last partial
   batch, an evaluation after every epoch (batch norm's running statistics), and a checkpoint after
-  every epoch resumed in a fresh trainer: what `nin train` runs, dropout off.
+  every epoch resumed in a fresh trainer: what `nin train` runs. Dropout is on where replays_dropout
+  (the small networks: the quick tier's PROBE): each backend hands over the masks its own dropout
+  layers drew (loop.dropout_masks) and the reference replays them, so the trajectory is checked
+  exactly; elsewhere dropout is off.
 * dropout: for each dropout rate p of the spec, a probe network (dropout alone) on a batch of ones,
   in training and in evaluation mode: a fraction p zeroed and the rest scaled by 1 / (1 - p) in
   training, the identity in evaluation (a statistical check: frameworks draw their own masks).
@@ -36,7 +39,7 @@ import numpy as np
 
 from common import calc, data, reference, schedule, weights
 from common.fsio import atomic_path, cache_dir
-from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock
+from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock, walk
 
 REFERENCE_VERSION = 7  # bump when common.reference or the cases change what they compute: the cache key
 
@@ -207,12 +210,55 @@ def scheduled_order(cases: Cases, epoch: int) -> np.ndarray:
     return data.epoch_order(cases.scheduled_images, seed=cases.init_seed, epoch=epoch)
 
 
-def scheduled(spec, cases: Cases, d: TrainingData, *, rounding: reference.Rounding | None = None
-              ) -> dict[str, np.ndarray]:
+def replays_dropout(spec) -> bool:
+    """Whether the scheduled case of `spec` runs with dropout on, each step's masks those the backend drew and
+    the reference replays (masks_of). Its error model depends on the masks, so it is measured for each record
+    when the record is compared (SCHEDULED_MEMBERS perturbed copies): for the small networks, whose copies take
+    seconds. A 224 x 224 variant's take minutes per record; their scheduled case runs with dropout off, and their
+    dropout is checked by the statistical check (docs/conformance.md, "Dropout")."""
+    return bool(dropout_rates(spec)) and calc.summary(spec).total_macs <= REPLAY_MACS
+
+
+REPLAY_MACS = 10 ** 6  # multiply-adds per image up to which the scheduled case replays dropout (PROBE: 0.05 M)
+
+
+def dropout_shapes(spec, cases: Cases) -> list[list[tuple[int, ...]]]:
+    """The input shape (N, C, H, W) of every dropout layer (rate 0 too) in each batch of a scheduled epoch:
+    what loop.dropout_masks draws."""
+    inputs_ = [op.in_shape for op in walk(spec) if op.kind == "dropout"]
+    sizes = [min(cases.scheduled_batch, cases.scheduled_images - start)
+             for start in range(0, cases.scheduled_images, cases.scheduled_batch)]
+    return [[(n, *shape) for shape in inputs_] for n in sizes]
+
+
+def mask_shapes(spec, cases: Cases) -> dict[str, tuple[int, ...]]:
+    """The keep masks a record of `spec` holds for the scheduled run, "masks/<step>/<layer>" -> (N, C, H, W), every
+    step of both epochs and every dropout layer of non-zero rate; {} where dropout is off (replays_dropout)."""
+    if not replays_dropout(spec):
+        return {}
+    kept = [rate > 0 for rate in (layer.rate for layer in spec.layers if isinstance(layer, Dropout))]
+    batches = dropout_shapes(spec, cases) * cases.scheduled_epochs
+    return {f"masks/{t}/{j}": shape for t, batch in enumerate(batches)
+            for j, shape in enumerate(s for s, keep in zip(batch, kept) if keep)}
+
+
+def masks_of(values: dict, spec, prefix: str = "scheduled") -> list[list[np.ndarray]]:
+    """The keep masks of every step of a scheduled run from a record's values ("<prefix>/masks/<step>/<layer>",
+    the dropout layers of non-zero rate): what the reference replays. KeyError names the first one missing."""
+    layers = sum(1 for layer in spec.layers if isinstance(layer, Dropout) and layer.rate > 0)
+    steps = sorted({int(k.split("/")[2]) for k in values if k.startswith(f"{prefix}/masks/")})
+    if not steps:
+        raise KeyError(f"{prefix}/masks/0/0")
+    return [[np.asarray(values[f"{prefix}/masks/{t}/{j}"]) for j in range(layers)] for t in range(steps[-1] + 1)]
+
+
+def scheduled(spec, cases: Cases, d: TrainingData, *, rounding: reference.Rounding | None = None,
+              masks: list | None = None) -> dict[str, np.ndarray]:
     """The scheduled case in float64: per epoch, the driver's order, SGD over the table's rates,
-    then an evaluation with the running statistics (biased and, as "_unbiased", PyTorch's variance)."""
+    then an evaluation with the running statistics (biased and, as "_unbiased", PyTorch's variance).
+    masks: every step's keep masks (masks_of), replayed with dropout on; None: dropout off."""
     init = weights.init(spec, cases.init_seed)
-    spec = spec.with_dropout(0.0)
+    spec = spec if masks is not None else spec.with_dropout(0.0)
     rows, cols = data.input_matrices(spec)
     resize = lambda images: reference.resize(images, rows, cols, spec.input_shape[0], rounding=rounding)  # noqa: E731
     lrs, velocity, losses, evals = scheduled_lrs(cases), {}, [], []
@@ -224,8 +270,8 @@ def scheduled(spec, cases: Cases, d: TrainingData, *, rounding: reference.Roundi
         order = scheduled_order(cases, epoch)
         for start in range(0, cases.scheduled_images, cases.scheduled_batch):
             idx = order[start:start + cases.scheduled_batch]
-            loss, grads = reference.loss_and_grads(spec, w, resize(d.images[idx]), d.labels[idx],
-                                                   rounding=rounding, running=running)
+            loss, grads = reference.loss_and_grads(spec, w, resize(d.images[idx]), d.labels[idx], rounding=rounding,
+                                                   running=running, masks=None if masks is None else masks[len(losses)])
             reference.sgd_step(w, grads, velocity, lr=float(lrs[len(losses)]), momentum=cases.momentum,
                                weight_decay=cases.weight_decay, rounding=rounding)
             losses.append(loss)

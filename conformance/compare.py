@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from common import calc, provenance, weights
-from conformance import errormodel
-from conformance.cases import Cases, as_kernels_see, reference_results, resumed_view
+from conformance import errormodel, replay
+from conformance.cases import Cases, as_kernels_see, reference_results, replays_dropout, resumed_view
 from conformance.records import Record, RecordError, read_record
 from conformance.tolerances import CHECKS, FACTOR, bound, judge, judge_dropout
 
@@ -81,11 +81,11 @@ def for_convention(reference: dict, running_variance: str) -> dict:
 
 
 def _dropout_row(variant: str, label: str, against: str, *, values: dict, reference: dict,
-                 precision: str) -> Check | None:
+                 precision: str, extra: list) -> Check | None:
     rates = sorted((k, float(v[0])) for k, v in reference.items() if k.startswith("dropout/") and k.endswith("/rate"))
     if not rates:
         return None
-    verdicts = []
+    verdicts = list(extra)
     for key, rate in rates:
         base = key[: -len("rate")]
         if base + "train" not in values or base + "eval" not in values:
@@ -99,14 +99,15 @@ def _dropout_row(variant: str, label: str, against: str, *, values: dict, refere
 
 
 def check_values(variant: str, label: str, against: str, *, values: dict, reference: dict, bounds: dict,
-                 precision: str | None = None) -> list[Check]:
+                 precision: str | None = None, dropout: list = ()) -> list[Check]:
     """One row per check: the worst tensor of its group decides, and is named. precision: the
-    record's, for the statistical dropout check (None between two records: their masks differ)."""
+    record's, for the statistical dropout check (None between two records: their masks differ);
+    dropout: more (ratio, measured, detail) verdicts of that check (replay.epoch_independence)."""
     rows = []
     for check in CHECKS:
         if check == "dropout":
             row = _dropout_row(variant, label, against, values=values, reference=reference,
-                               precision=precision) if precision else None
+                               precision=precision, extra=dropout) if precision else None
             rows += [row] if row else []
             continue
         verdicts = []
@@ -173,6 +174,26 @@ def _held(rec: Record, spec) -> tuple[str, str]:
     return own
 
 
+def with_replay(spec, cases: Cases, init: dict, values: dict, *, reference: dict, bounds: dict, hyperparameters: str,
+                running_variance: str, precision: str, prefix: str = "scheduled", data_dir=None
+                ) -> tuple[dict, dict, list]:
+    """(reference, bounds, dropout verdicts) for a record's `values` of `spec` as seen by its kernels: where the
+    scheduled case replays dropout (cases.replays_dropout), its keys ("<prefix>/...") replaced by the reference
+    and bounds of the record's own masks (replay.replayed), and the masks' independence across epochs judged;
+    elsewhere as given. The matrix and the planted bugs (tests/mutations.py) both call this."""
+    if not replays_dropout(spec):
+        return reference, bounds, []
+    verdicts = replay.epoch_independence(values, spec, cases, prefix)
+    try:
+        seen, spreads = replay.replayed(spec, cases, values, hyperparameters=hyperparameters, precision=precision,
+                                        prefix=prefix, data_dir=data_dir)
+    except KeyError:  # no masks: the dropout row says so, and the run fails against the dropout-off reference
+        return reference, bounds, verdicts
+    seen = for_convention(as_updates(seen, init), running_variance)
+    own = bounds_for(seen, for_convention(spreads, running_variance), precision)
+    return {**reference, **seen}, {**bounds, **own}, verdicts
+
+
 def reference_as_seen(spec, cases: Cases, init: dict, *, hyperparameters: str, running_variance: str,
                       data_dir=None, use_cache: bool = True) -> dict:
     """The float64 reference (as updates from `init`) as a backend's kernels see it: with its
@@ -202,18 +223,25 @@ class _References:
 
 
 def _resumed_rows(rec: Record, variant: str, label: str, *, refs: _References, values: dict,
-                  bounds: dict) -> list[Check]:
-    """A resume record against the reference's scheduled run after its midpoint. Its first half was
-    another backend's: where that backend's kernels see other hyperparameters (MXNet's float32 batch-norm momentum),
-    the distance between the two references is added to the bound, as between two records."""
+                  bounds: dict, precision: str) -> list[Check]:
+    """A resume record against the reference's scheduled run after its midpoint (with dropout on, replaying the
+    masks of both halves, which the resume record holds). Its first half was another backend's: where that
+    backend's kernels see other hyperparameters (MXNet's float32 batch-norm momentum), the distance between the
+    two references is added to the bound, as between two records."""
     source = rec.meta["resumed_from"]
-    mine = resumed_view(refs.seen_by(rec), rec.cases)
-    theirs = resumed_view(refs.seen_as(source["hyperparameters"], source["running_variance"]), rec.cases)
     own = resumed_view(for_convention(bounds, rec.meta["running_variance"]), rec.cases)
+    views = []
+    for hyperparameters, convention in ((rec.meta["hyperparameters"], rec.meta["running_variance"]),
+                                        (source["hyperparameters"], source["running_variance"])):
+        view = resumed_view(refs.seen_as(hyperparameters, convention), rec.cases)
+        views.append(with_replay(refs.spec, rec.cases, refs.init, values, reference=view, bounds=own,
+                                 hyperparameters=hyperparameters, running_variance=convention, precision=precision,
+                                 prefix="resumed", data_dir=refs.data_dir))
+    (mine, own, dropout), (theirs, _, _) = views
     apart = {k: (np.abs(mine[k] - theirs[k]).reshape(-1) if errormodel.measure(errormodel.kind_of(k)) == "max"
                  else np.linalg.norm(mine[k] - theirs[k])) for k in mine if k in theirs}
     rows = check_values(variant, label, "reference", values=values, reference=mine,
-                        bounds={k: own[k] + apart.get(k, 0.0) for k in mine})
+                        bounds={k: own[k] + apart.get(k, 0.0) for k in mine}, dropout=dropout)
     for row in rows:
         row.path = str(rec.path)
         row.detail = "; ".join(filter(None, [row.detail, f"continued from {source['backend']}'s checkpoint"]))
@@ -317,16 +345,21 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
             values[i] = _variant_values(rec, variant, init)  # once per record: every pair below reads it
             prec, why = held[i]
             if rec.meta.get("resumed_from"):  # the cross-framework resume case: against the reference only
-                out.rows += _resumed_rows(rec, variant, names[i], refs=refs, values=values[i], bounds=bounds[prec])
+                out.rows += _resumed_rows(rec, variant, names[i], refs=refs, values=values[i], bounds=bounds[prec],
+                                          precision=prec)
                 continue
             if rec.meta.get("data_parallel"):  # the data-parallel case: against the reference only
                 out.rows += _data_parallel_rows(rec, variant, names[i], reference=reference_for(rec),
                                                 values=values[i], bounds=bounds[prec], why=why)
                 continue
             same_net.append(i)
-            rows = check_values(variant, names[i], "reference", values=values[i], reference=reference_for(rec),
-                                bounds=for_convention(bounds[prec], rec.meta["running_variance"]),
-                                precision=rec.precision)
+            reference, own, dropout = with_replay(
+                spec, cases, init, values[i], reference=reference_for(rec),
+                bounds=for_convention(bounds[prec], rec.meta["running_variance"]), hyperparameters=rec.meta[
+                    "hyperparameters"], running_variance=rec.meta["running_variance"], precision=prec,
+                data_dir=data_dir)
+            rows = check_values(variant, names[i], "reference", values=values[i], reference=reference, bounds=own,
+                                precision=rec.precision, dropout=dropout)
             for row in rows:
                 row.path = str(rec.path)
                 row.detail = "; ".join(filter(None, [row.detail, why]))
@@ -337,7 +370,8 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                 va, vb = values[a], values[b]
                 same = recs[a].meta["running_variance"] == recs[b].meta["running_variance"]
                 keys = [k for k in vb if errormodel.kind_of(k) != "dropout" and k in bounds[held[a][0]]
-                        and (same or not k.endswith(".running_var"))]  # other conventions: reference only
+                        and (same or not k.endswith(".running_var"))  # other conventions: reference only
+                        and not (replays_dropout(spec) and k.startswith("scheduled/"))]  # other masks: the same
                 # each record within its bound of its own reference; the references differ where the
                 # kernels see other hyperparameters (MXNet's float32 batch-norm momentum): that difference is added
                 kinds = tuple(sorted((_kind(recs[a]), _kind(recs[b]))))

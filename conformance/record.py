@@ -23,7 +23,7 @@ from common import spec as specs
 from common.backends import BackendError
 from common.data import DataError
 from common.fsio import OutputError, check_writable
-from common.spec import SpecError
+from common.spec import Dropout, SpecError
 from conformance import distributed, records
 from conformance.cases import (
     DATA_PARALLEL_PROBE,
@@ -35,8 +35,11 @@ from conformance.cases import (
     constant_rate_runs,
     dropout_probe,
     dropout_rates,
+    dropout_shapes,
     inputs,
+    mask_shapes,
     midpoint,
+    replays_dropout,
     scheduled_lrs,
     scheduled_order,
     scheduled_steps,
@@ -55,8 +58,11 @@ def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: Tra
             precision: str, compile: str) -> tuple[list, list, tuple, tuple | None]:
     """Epochs `first`.. of the scheduled run through the backend's loop, as `nin train` runs them: each
     in a fresh trainer resumed from the last checkpoint (export_state -> load_state), train_epoch over
-    the uint8 images in the driver's order, evaluate. (losses, evaluations, last state, midpoint state)."""
-    lrs, losses, evals, middle = scheduled_lrs(cases), [], [], None
+    the uint8 images in the driver's order, evaluate; with dropout on (replays_dropout), the masks its dropout
+    layers drew (loop.dropout_masks) as "masks/<step>/<layer>". (losses, evaluations, masks, last state,
+    midpoint state)."""
+    lrs, losses, evals, masks, middle = scheduled_lrs(cases), [], [], {}, None
+    rates = [layer.rate for layer in spec.layers if isinstance(layer, Dropout)]
     for epoch in range(first, cases.scheduled_epochs):
         trainer = loop_mod.make_trainer(spec, lrs, momentum=cases.momentum, weight_decay=cases.weight_decay,
                                         device=device, compile=compile, dtype=DTYPES[precision])
@@ -64,6 +70,11 @@ def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: Tra
         order = scheduled_order(cases, epoch)
         loop_mod.train_epoch(trainer, data.images[order], data.labels[order], batch_size=cases.scheduled_batch,
                              dropout_seed=epoch, progress=lambda n, loss, correct: losses.append(loss))
+        if replays_dropout(spec):
+            drawn = loop_mod.dropout_masks(trainer, dropout_shapes(spec, cases), dropout_seed=epoch)
+            for b, batch in enumerate(drawn):
+                kept = [m for m, rate in zip(batch, rates, strict=True) if rate > 0]
+                masks.update({f"masks/{epoch * scheduled_steps(cases) + b}/{j}": m for j, m in enumerate(kept)})
         evals.append(loop_mod.evaluate(trainer, data.test_images, data.test_labels,
                                        batch_size=cases.scheduled_batch)["loss"])
         state = loop_mod.export_state(trainer)
@@ -72,13 +83,16 @@ def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: Tra
             break
     done = cases.scheduled_epochs - first  # a run that stopped early records NaN for what it did not do
     losses += [np.nan] * (done * scheduled_steps(cases) - len(losses))
+    masks.update({k: np.ones(shape) for k, shape in mask_shapes(spec, cases).items()  # and keeps every unit
+                  if k not in masks and int(k.split("/")[1]) >= first * scheduled_steps(cases)})
     evals += [np.nan] * (done - len(evals))
     middle = middle or (state if first < midpoint(cases) else None)
-    return losses, evals, state, middle
+    return losses, evals, masks, state, middle
 
 
-def _run_tensors(prefix: str, losses: list, evals: list, final: dict) -> dict[str, np.ndarray]:
+def _run_tensors(prefix: str, losses: list, evals: list, final: dict, *, masks: dict) -> dict[str, np.ndarray]:
     out = {f"{prefix}/trajectory": np.array(losses), f"{prefix}/eval": np.array(evals)}
+    out.update({f"{prefix}/{k}": v for k, v in masks.items()})
     out.update({f"{prefix}/{'final' if calc.is_trainable(k) else 'running'}/{k}": v for k, v in final.items()})
     return out
 
@@ -86,11 +100,11 @@ def _run_tensors(prefix: str, losses: list, evals: list, final: dict) -> dict[st
 def scheduled_run(loop_mod, spec, *, cases: Cases, data: TrainingData, device: str, precision: str,
                   compile: str) -> dict[str, np.ndarray]:
     """The scheduled case (conformance.cases) and its midpoint checkpoint, keys without the variant."""
-    spec = spec.with_dropout(0.0)
-    losses, evals, state, middle = _epochs(loop_mod, spec, (weights.init(spec, cases.init_seed), {}, 0), 0,
-                                           cases=cases, data=data, device=device, precision=precision,
-                                           compile=compile)
-    out = _run_tensors("scheduled", losses, evals, state[0])
+    spec = spec if replays_dropout(spec) else spec.with_dropout(0.0)
+    losses, evals, masks, state, middle = _epochs(loop_mod, spec, (weights.init(spec, cases.init_seed), {}, 0), 0,
+                                                  cases=cases, data=data, device=device, precision=precision,
+                                                  compile=compile)
+    out = _run_tensors("scheduled", losses, evals, state[0], masks=masks)
     w, momentum, step = middle
     out.update({f"scheduled/checkpoint/weights/{k}": v for k, v in w.items()})
     out.update({f"scheduled/checkpoint/{k}": v for k, v in momentum.items()})
@@ -101,14 +115,16 @@ def scheduled_run(loop_mod, spec, *, cases: Cases, data: TrainingData, device: s
 def resumed_run(loop_mod, spec, checkpoint: dict, *, cases: Cases, data: TrainingData, device: str, precision: str,
                 compile: str) -> dict[str, np.ndarray]:
     """The scheduled run continued from another record's midpoint checkpoint ("scheduled/checkpoint/..."
-    keys, canonical names): the cross-framework resume case. Keys "resumed/...", without the variant."""
-    spec = spec.with_dropout(0.0)
+    keys, canonical names): the cross-framework resume case. Keys "resumed/...", without the variant; with
+    dropout on, "resumed/masks/..." of every step: the checkpoint's record's before the midpoint, then its own."""
+    spec = spec if replays_dropout(spec) else spec.with_dropout(0.0)
     w = {k[len("weights/"):]: v for k, v in checkpoint.items() if k.startswith("weights/")}
     momentum = {k: v for k, v in checkpoint.items() if k.startswith("momentum/")}
     state = (w, momentum, int(np.asarray(checkpoint["step"]).reshape(-1)[0]))
-    losses, evals, state, _ = _epochs(loop_mod, spec, state, midpoint(cases), cases=cases, data=data, device=device,
-                                      precision=precision, compile=compile)
-    return _run_tensors("resumed", losses, evals, state[0])
+    losses, evals, masks, state, _ = _epochs(loop_mod, spec, state, midpoint(cases), cases=cases, data=data,
+                                             device=device, precision=precision, compile=compile)
+    before = {k: v for k, v in checkpoint.items() if k.startswith("masks/")}  # the checkpoint's run's, to the midpoint
+    return _run_tensors("resumed", losses, evals, state[0], masks={**before, **masks})
 
 
 def compute_variant(model_mod, train_mod, loop_mod, spec, *, cases: Cases, data: TrainingData, device: str,
@@ -207,6 +223,9 @@ def make_resumed_record(backend: str, source: Path, *, device: str, precision: s
             progress(f"{backend} {precision} {compile}: {name} from {src.backend}'s checkpoint")
         prefix = f"{name}/scheduled/checkpoint/"
         checkpoint = {k[len(prefix):]: v for k, v in src.tensors.items() if k.startswith(prefix)}
+        before = scheduled_steps(src.cases) * midpoint(src.cases)  # the masks of the steps before the checkpoint
+        checkpoint.update({k[len(f"{name}/scheduled/"):]: v for k, v in src.tensors.items()
+                           if k.startswith(f"{name}/scheduled/masks/") and int(k.split("/")[3]) < before})
         values = resumed_run(loop_mod, spec, checkpoint, cases=src.cases, data=training_batches(spec, src.cases,
                              data_dir), device=device, precision=precision, compile=compile)
         dtype = DTYPES[precision]

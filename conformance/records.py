@@ -33,7 +33,7 @@ from common.data import CLASSES
 from common.fsio import atomic_path
 from common.spec import NetSpec, SpecError, finite, loads
 
-from .cases import DROPOUT_PROBE, Cases, dropout_rates, midpoint, scheduled_steps
+from .cases import DROPOUT_PROBE, Cases, dropout_rates, mask_shapes, midpoint, scheduled_steps
 
 FORMAT = "nin-conformance-record/2"
 PRECISIONS = ("fp32", "fp64", "fast")
@@ -142,6 +142,7 @@ def expected_tensors(spec: NetSpec, cases: Cases, *, kind: str = "full") -> dict
     if kind == "resumed":
         out = {"resumed/trajectory": ((epochs - midpoint(cases)) * steps,), "resumed/eval": (epochs - midpoint(cases),)}
         out.update({f"resumed/{'final' if calc.is_trainable(k) else 'running'}/{k}": v for k, v in shapes.items()})
+        out.update({f"resumed/{k}": v for k, v in mask_shapes(spec, cases).items()})  # both halves' masks
         return out
     out = {"trajectory": (cases.steps,), "momentum/trajectory": (cases.momentum_steps,)}
     for prefix in ("final/", "momentum/final/"):
@@ -153,6 +154,7 @@ def expected_tensors(spec: NetSpec, cases: Cases, *, kind: str = "full") -> dict
     out.update({"grad/" + k: shape for k, shape in params.items()})
     out.update({"scheduled/trajectory": (epochs * steps,), "scheduled/eval": (epochs,),
                 "scheduled/checkpoint/step": (1,)})
+    out.update({f"scheduled/{k}": v for k, v in mask_shapes(spec, cases).items()})
     for k, shape in shapes.items():
         out[f"scheduled/{'final' if calc.is_trainable(k) else 'running'}/{k}"] = shape
         out[f"scheduled/checkpoint/weights/{k}"] = shape
@@ -240,6 +242,9 @@ def _check_tensors(path: Path, tensors: dict, specs: dict, *, cases: Cases, prec
             raise RecordError(f"{path}: tensor {key} is {t.dtype}; a {precision} record holds {dtype}")
         if tuple(t.shape) != shape:
             raise RecordError(f"{path}: tensor {key} has shape {tuple(t.shape)}, the spec and cases give {shape}")
+        if "/masks/" in key and not np.all((t == 0) | (t == 1)):
+            raise RecordError(f"{path}: tensor {key} holds {t[(t != 0) & (t != 1)].reshape(-1)[0]!r}: a keep mask "
+                              "holds 0 and 1 only")
 
 
 def peek(path: str | Path) -> dict | None:

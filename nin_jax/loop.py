@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDev
 
 from common.data import input_matrices
 from common.spec import NetSpec
+from common.weights import nhwc_to_nchw
 
 from .model import (
     DTYPES,
@@ -183,6 +184,18 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
         y = jax.device_put(labels[start:start + batch_size].astype(np.int32), trainer.batch)
         loss, correct = train_step(trainer.model, trainer.optimizer, x, y)
         progress(len(y), loss, correct)
+
+
+def dropout_masks(trainer: Trainer, shapes: list, *, dropout_seed: int) -> list:
+    """The keep masks train_epoch(..., dropout_seed) draws, batch by batch, layer by layer: each nnx.Dropout called
+    again in training mode on ones of its input's shape (NHWC, the model's dtype), the model's nnx.Rngs reseeded
+    as train_epoch reseeds it (jax.random draws the same bits under nnx.jit and op by op)."""
+    layers = [m for m in trainer.model.layers if isinstance(m, nnx.Dropout)]
+    ones = lambda n, c, h, w: jnp.ones((n, h, w, c), dtype=trainer.rows.dtype)  # noqa: E731
+    nnx.reseed(trainer.model, dropout=dropout_seed)
+    trainer.model.train()
+    return [[nhwc_to_nchw(np.asarray(layer(ones(*shape))) != 0) for layer, shape in zip(layers, batch, strict=True)]
+            for batch in shapes]
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:

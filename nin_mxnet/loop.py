@@ -160,6 +160,17 @@ def _train_epoch_contexts(trainer: Trainer, images: np.ndarray, labels: np.ndarr
         progress(len(labels[batch]), loss, correct)
 
 
+def dropout_masks(trainer: Trainer, shapes: list, *, dropout_seed: int) -> list:
+    """The keep masks train_epoch(..., dropout_seed) draws, batch by batch, layer by layer: each nn.Dropout called
+    again in training mode on ones of its input's shape (NCHW, the model's dtype), after the same mx.random.seed."""
+    layers = [block for block in trainer.model if isinstance(block, nn.Dropout)]
+    ctx = device_of(trainer.model)
+    mx.random.seed(dropout_seed, ctx=ctx)
+    with autograd.train_mode():
+        return [[(layer(mx.nd.ones(shape, ctx=ctx, dtype=trainer.rows.dtype)) != 0).asnumpy()
+                 for layer, shape in zip(layers, batch, strict=True)] for batch in shapes]
+
+
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off (data-parallel:
     on the first context)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from common.data import input_matrices
 from common.spec import Dropout, NetSpec
+from common.weights import nhwc_to_nchw
 
 from .model import (
     build,
@@ -266,6 +267,31 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
     with trainer.replicas(), _placed(trainer.model):
         trainer.net.fit(images, labels.astype(np.int32), batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
                         callbacks=callbacks)
+
+
+def dropout_masks(trainer: Trainer, shapes: list, *, dropout_seed: int) -> list:
+    """The keep masks train_epoch(..., dropout_seed) draws, batch by batch, layer by layer: each Dropout layer called
+    again with training=True on ones laid out in memory as its input is in the step (the layers before it run in
+    inference mode on zeros: Keras's PyTorch backend fills a mask in the input's memory order), its seed generator
+    restarted as train_epoch restarts it (on the PyTorch backend, torch's generator: TorchDropoutSeed)."""
+    _seed_dropout(trainer.model, dropout_seed)
+    if keras.backend.backend() == "torch":
+        keras.utils.set_random_seed(dropout_seed)
+    out = []
+    with _placed(trainer.model):
+        for batch in shapes:
+            x, drawn = keras.ops.zeros((batch[0][0], *trainer.model.input_shape[1:]), dtype=trainer.model.dtype), []
+            for layer in trainer.model.layers:
+                if isinstance(layer, keras.layers.Dropout):
+                    drawn.append(nhwc_to_nchw(keras.ops.convert_to_numpy(layer(keras.ops.ones_like(x), training=True))
+                                              != 0))
+                else:
+                    x = layer(x, training=False)
+            out.append(drawn)
+    if [[m.shape for m in batch] for batch in out] != [[tuple(s) for s in batch] for batch in shapes]:
+        raise ValueError(f"dropout_masks: the dropout layers' inputs are {[[m.shape for m in b] for b in out]}, "
+                         f"not {shapes}")
+    return out
 
 
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:

@@ -135,6 +135,18 @@ def train_epoch(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, bat
         progress(share * trainer.devices, *_global(trainer, loss, correct, share))
 
 
+def dropout_masks(trainer: Trainer, shapes: list, *, dropout_seed: int) -> list:
+    """The keep masks train_epoch(..., dropout_seed) draws, batch by batch, layer by layer: each nn.Dropout called
+    again in training mode on ones of its input's shape (NCHW, the model's dtype), after the same manual_seed."""
+    layers = [m for m in trainer.model.modules() if isinstance(m, nn.Dropout)]
+    ones = lambda shape: torch.ones(shape, device=trainer.rows.device, dtype=trainer.rows.dtype)  # noqa: E731
+    torch.manual_seed(dropout_seed + trainer.rank)
+    trainer.model.train()
+    with torch.no_grad():
+        return [[(layer(ones(shape)) != 0).cpu().numpy() for layer, shape in zip(layers, batch, strict=True)]
+                for batch in shapes]
+
+
 def evaluate(trainer: Trainer, images: np.ndarray, labels: np.ndarray, *, batch_size: int) -> dict:
     """Mean loss, accuracy and the share of images whose logits are all <= 0, dropout off."""
     device = trainer.rows.device

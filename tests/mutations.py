@@ -57,6 +57,7 @@ from conformance.compare import (
     check_structure,
     check_values,
     for_convention,
+    with_replay,
 )
 from conformance.record import compute_variant
 from conformance.records import Record
@@ -143,9 +144,13 @@ def judge(model_mod, train_mod, *, precision: str = "fp32", device: str = "cpu",
     bounds = bounds_for(ref, errormodel.spreads(spec, cases, held, data_dir), held)
     seen = as_updates(reference_results(*as_kernels_see(spec, cases, model_mod.HYPERPARAMETERS), data_dir), init)
     convention = model_mod.RUNNING_VARIANCE
+    values = as_updates(values, init)
+    reference, bounds, dropout = with_replay(
+        spec, cases, init, values, reference=for_convention(seen, convention), bounds=for_convention(bounds, convention),
+        hyperparameters=model_mod.HYPERPARAMETERS, running_variance=convention, precision=held, data_dir=data_dir)
     return check_structure(record, spec.name, label) + check_values(
-        spec.name, label, "reference", values=as_updates(values, init), reference=for_convention(seen, convention),
-        bounds=for_convention(bounds, convention), precision=precision)
+        spec.name, label, "reference", values=values, reference=reference, bounds=bounds, precision=precision,
+        dropout=dropout)
 
 
 _loaded: dict = {}
@@ -771,6 +776,25 @@ def partial_batch_dropped(patch, model_mod, train_mod):
                             progress=progress)
         return train_epoch
     _wrap(patch, _loop(train_mod), "train_epoch", wrapper)
+
+
+@mutant("same-dropout-seed-every-epoch", EVERY, TRAINING,
+        "every epoch restarts the dropout stream at the same seed (the epoch left out of it): its masks repeat",
+        caught_by=("dropout",))
+def same_dropout_seed_every_epoch(patch, model_mod, train_mod):
+    loop = _loop(train_mod)
+
+    def train_wrapper(original):
+        def train_epoch(trainer, images, labels, *, batch_size, dropout_seed, progress):
+            return original(trainer, images, labels, batch_size=batch_size, dropout_seed=0, progress=progress)
+        return train_epoch
+
+    def masks_wrapper(original):  # the masks it hands over are the ones it drew: the replay alone cannot see it
+        def dropout_masks(trainer, shapes, *, dropout_seed):
+            return original(trainer, shapes, dropout_seed=0)
+        return dropout_masks
+    _wrap(patch, loop, "train_epoch", train_wrapper)
+    _wrap(patch, loop, "dropout_masks", masks_wrapper)
 
 
 @mutant("resize-shifted", EVERY, TRAINING, "the resize reads the row one pixel up (an off-by-one in the interpolation)",
