@@ -2,13 +2,16 @@
 loop hands over the masks its step drew (loop.dropout_masks), and the matrix judges the scheduled case of a small
 network with dropout on against the replay (conformance.replay, conformance.compare.with_replay)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+from tiny_records import CASES, metadata, synthetic_tensors, tiny
 
 from common import reference, weights
 from common import spec as specs
 from common.spec import Dropout, Flatten, GlobalAvgPool, MaxPool, NetSpec, NiNBlock, walk
-from conformance import errormodel, replay
+from conformance import errormodel, records, replay
 from conformance.cases import (
     PROBE,
     PROBE_CASES,
@@ -171,3 +174,23 @@ def test_torch_hands_over_the_masks_its_step_applied(data_dir):
         assert nonzero.mean() > 0.3 and np.array_equal(kept[nonzero], batch[0][nonzero].astype(bool))
     assert not np.array_equal(drawn[0][0], loop.dropout_masks(trainer, dropout_shapes(spec, cases),
                                                               dropout_seed=8)[0][0])
+
+
+def test_a_record_holds_every_mask_of_0_and_1(tmp_path):
+    base = tiny()
+    spec = dataclasses.replace(base, name="tiny-drop", layers=base.layers[:2] + (Dropout(0.5),) + base.layers[2:])
+    tensors = synthetic_tensors(spec)
+    masks = [k for k in tensors if "/scheduled/masks/" in k]
+    assert len(masks) == CASES.scheduled_epochs * scheduled_steps(CASES)
+    tensors.update({k: np.ones_like(tensors[k]) for k in masks})
+    path = records.write_record(tmp_path / "good.safetensors", tensors, metadata(spec))
+    assert records.read_record(path).specs["tiny-drop"] == spec
+    bad = dict(tensors)
+    bad[masks[2]] = np.full_like(tensors[masks[2]], 0.5)
+    records.write_record(tmp_path / "half.safetensors", bad, metadata(spec))
+    with pytest.raises(records.RecordError, match=f"tensor {masks[2]} holds 0.5: a keep mask holds 0 and 1 only"):
+        records.read_record(tmp_path / "half.safetensors")
+    records.write_record(tmp_path / "short.safetensors", {k: v for k, v in tensors.items() if k != masks[0]},
+                         metadata(spec))
+    with pytest.raises(records.RecordError, match="missing tensor"):
+        records.read_record(tmp_path / "short.safetensors")
