@@ -177,10 +177,9 @@ def _held(rec: Record, spec) -> tuple[str, str]:
 def with_replay(spec, cases: Cases, init: dict, values: dict, *, reference: dict, bounds: dict, hyperparameters: str,
                 running_variance: str, precision: str, prefix: str = "scheduled", data_dir=None
                 ) -> tuple[dict, dict, list]:
-    """(reference, bounds, dropout verdicts) for a record's `values` of `spec` as seen by its kernels: where the
-    scheduled case replays dropout (cases.replays_dropout), its keys ("<prefix>/...") replaced by the reference
-    and bounds of the record's own masks (replay.replayed), and the masks' independence across epochs judged;
-    elsewhere as given. The matrix and the planted bugs (tests/mutations.py) both call this."""
+    """(reference, bounds, dropout verdicts) of a record's `values`: where the scheduled case replays dropout, its
+    keys ("<prefix>/...") those of the record's own masks (replay.replayed) and their independence across epochs
+    judged; elsewhere as given. The matrix and the planted bugs (tests/mutations.py) both call this."""
     if not replays_dropout(spec):
         return reference, bounds, []
     verdicts = replay.epoch_independence(values, spec, cases, prefix)
@@ -230,14 +229,11 @@ def _resumed_rows(rec: Record, variant: str, label: str, *, refs: _References, v
     two references is added to the bound, as between two records."""
     source = rec.meta["resumed_from"]
     own = resumed_view(for_convention(bounds, rec.meta["running_variance"]), rec.cases)
-    views = []
-    for hyperparameters, convention in ((rec.meta["hyperparameters"], rec.meta["running_variance"]),
-                                        (source["hyperparameters"], source["running_variance"])):
-        view = resumed_view(refs.seen_as(hyperparameters, convention), rec.cases)
-        views.append(with_replay(refs.spec, rec.cases, refs.init, values, reference=view, bounds=own,
-                                 hyperparameters=hyperparameters, running_variance=convention, precision=precision,
-                                 prefix="resumed", data_dir=refs.data_dir))
-    (mine, own, dropout), (theirs, _, _) = views
+    (mine, own, dropout), (theirs, _, _) = [
+        with_replay(refs.spec, rec.cases, refs.init, values, reference=resumed_view(refs.seen_as(hp, rv), rec.cases),
+                    bounds=own, hyperparameters=hp, running_variance=rv, precision=precision, prefix="resumed",
+                    data_dir=refs.data_dir)
+        for hp, rv in (_kind(rec), (source["hyperparameters"], source["running_variance"]))]
     apart = {k: (np.abs(mine[k] - theirs[k]).reshape(-1) if errormodel.measure(errormodel.kind_of(k)) == "max"
                  else np.linalg.norm(mine[k] - theirs[k])) for k in mine if k in theirs}
     rows = check_values(variant, label, "reference", values=values, reference=mine,
@@ -353,11 +349,11 @@ def compare(paths: list, data_dir=None, use_cache: bool = True, progress=None) -
                                                 values=values[i], bounds=bounds[prec], why=why)
                 continue
             same_net.append(i)
-            reference, own, dropout = with_replay(
-                spec, cases, init, values[i], reference=reference_for(rec),
-                bounds=for_convention(bounds[prec], rec.meta["running_variance"]), hyperparameters=rec.meta[
-                    "hyperparameters"], running_variance=rec.meta["running_variance"], precision=prec,
-                data_dir=data_dir)
+            hyperparameters, convention = _kind(rec)
+            reference, own, dropout = with_replay(spec, cases, init, values[i], reference=reference_for(rec),
+                                                  bounds=for_convention(bounds[prec], convention), precision=prec,
+                                                  hyperparameters=hyperparameters, running_variance=convention,
+                                                  data_dir=data_dir)
             rows = check_values(variant, names[i], "reference", values=values[i], reference=reference, bounds=own,
                                 precision=rec.precision, dropout=dropout)
             for row in rows:
