@@ -86,6 +86,12 @@ def _variant_arg(name: str) -> str:
     return name
 
 
+def failed(code: int, result: dict) -> bool:
+    """Whether a worker's run failed: any exit but 0, save a divergence (EXIT_DIVERGED with its result saying so,
+    a finished run whose loss ran away; a crash exits 1 too)."""
+    return code != 0 and not (code == EXIT_DIVERGED and result.get("status") == "diverged")
+
+
 def run_worker(mode: str, s: Settings, out: Path, *, extra: list[str] = (), quiet: bool = False,
                timeout: float | None = None, command: str | None = None) -> tuple[int, dict]:
     """Run training.worker in the backend's interpreter; its progress bar and messages reach stderr.
@@ -153,7 +159,7 @@ def cmd_train(args) -> int:
         print(json.dumps({"status": "done", "node_rank": args.node_rank, "nodes": args.nodes, "message": said})
               if args.json else f"nin train: {said}", file=sys.stdout if args.json else sys.stderr)
         return 0
-    if code not in (0, EXIT_DIVERGED) or not (out / runs.METRICS).exists():
+    if failed(code, result) or not (out / runs.METRICS).exists():
         if result.get("reason") and code != 2:
             print(f"nin train: {s.backend} failed: {result['reason']}", file=sys.stderr)
         return code or 1
@@ -271,7 +277,7 @@ def _sweep(args, out: Path, plan: list, variants: list[str]) -> int:
     """Run (or resume, or skip when done) every run of the plan, then write and print the report."""
     from tqdm import tqdm
 
-    failed = []
+    failures = []
     bar = tqdm(plan, desc="sweep", unit="run", file=sys.stderr, dynamic_ncols=True, disable=args.json)
     for s, run_dir in bar:
         bar.set_postfix_str(f"{Path(s.variant).stem} {s.backend} seed {s.seed}")
@@ -287,25 +293,26 @@ def _sweep(args, out: Path, plan: list, variants: list[str]) -> int:
                 continue  # deterministic: it would diverge again
         code, result = run_worker("train", s, run_dir, extra=["--resume"] if resume else [], quiet=True,
                                   timeout=args.timeout, command=_sweep_command(args))
-        if code not in (0, EXIT_DIVERGED):
-            failed.append(f"{run_dir}: {result.get('reason', f'exit status {code}')}")
-            tqdm.write(f"  failed: {failed[-1]}", file=sys.stderr)
+        if failed(code, result):
+            failures.append(f"{run_dir}: {result.get('reason', f'exit status {code}')}")
+            tqdm.write(f"  failed: {failures[-1]}", file=sys.stderr)
     bar.close()
     all_runs = reports.load_runs([out])
     margin = reports.resolve_margin(all_runs, args.margin)
     _write_report(all_runs, out, margin=margin, title=args.title or f"Sweep {out.name}",
-                  color_by="variant" if len(variants) > 1 and len(args.backend) == 1 else "backend")
+                  color_by="variant" if len(variants) > 1 and len(args.backend) == 1 else "backend", failures=failures)
     print(json.dumps(reports.to_json(all_runs, margin), indent=2) if args.json else reports.text(all_runs, margin))
-    for f in failed:
+    for f in failures:
         print(f"nin sweep: {f}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failures else 0
 
 
-def _write_report(all_runs, out: Path, *, margin: dict, title: str, color_by: str) -> None:
+def _write_report(all_runs, out: Path, *, margin: dict, title: str, color_by: str, failures: list = ()) -> None:
     from . import plots
 
+    listed = ["", "## Runs that failed (not in the tables above)", ""] + [f"- {f}" for f in failures]
     atomic_write_text(out / "report.md", reports.markdown(all_runs, margin, title=title, command=_command_line())
-                      + "\n![curves](curves.png)\n")
+                      + ("\n".join(listed) if failures else "") + "\n![curves](curves.png)\n")
     atomic_write_text(out / "report.json", json.dumps(reports.to_json(all_runs, margin), indent=2) + "\n")
     plots.plot_runs(all_runs, out / "curves.png", color_by=color_by, title=title)
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'curves.png'}", file=sys.stderr)

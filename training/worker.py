@@ -20,9 +20,11 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +313,16 @@ def lr_find(s: Settings, out: Path, *, min_lr: float, max_lr: float, steps: int,
     return {"status": "done", "out": str(Path(out) / "lr_find.json"), "steps_run": len(losses), "stopped": stopped}
 
 
+def failure_line(error: BaseException) -> str:
+    """An exception as one line: its type and first line, and the first later line naming an error where the
+    first only says where it was raised (Keras: "Exception encountered when calling Sequential.call().")."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    named = next((line for line in lines[1:] if re.match(r"\w+(Error|Exception): ", line)), None)
+    first = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"{first} {named}" if named and lines[0].startswith("Exception encountered") else first
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=("train", "lr-find"))
@@ -363,6 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nin train: interrupted; the last checkpoint in {args.out} is kept (--resume continues it)",
               file=sys.stderr)
         return 130
+    except Exception as e:  # the framework failed: one line (NIN_TRACEBACK=1 adds the traceback)
+        if os.environ.get("NIN_TRACEBACK"):
+            traceback.print_exc()
+        reason = f"{settings.backend} failed: {failure_line(e)}"
+        print(f"nin train: {reason}; the last checkpoint in {args.out} is kept", file=sys.stderr)
+        processes.print_result({"status": "error", "reason": reason})
+        return 1
     if replicas.primary:
         processes.print_result(result)
     return 0
