@@ -323,6 +323,17 @@ def failure_line(error: BaseException) -> str:
     return f"{first} {named}" if named and lines[0].startswith("Exception encountered") else first
 
 
+def _failed(settings: Settings, out: Path, error: Exception) -> int:
+    """A framework's failure inside a run: one line (NIN_TRACEBACK=1 adds the traceback), the result saying
+    "error" (not "diverged", which exits 1 too), exit status 1."""
+    if os.environ.get("NIN_TRACEBACK"):
+        traceback.print_exc()
+    reason = f"{settings.backend} failed: {failure_line(error)}"
+    print(f"nin train: {reason}; the last checkpoint in {out} is kept", file=sys.stderr)
+    processes.print_result({"status": "error", "reason": reason})
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=("train", "lr-find"))
@@ -375,13 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nin train: interrupted; the last checkpoint in {args.out} is kept (--resume continues it)",
               file=sys.stderr)
         return 130
-    except Exception as e:  # the framework failed: one line (NIN_TRACEBACK=1 adds the traceback)
-        if os.environ.get("NIN_TRACEBACK"):
-            traceback.print_exc()
-        reason = f"{settings.backend} failed: {failure_line(e)}"
-        print(f"nin train: {reason}; the last checkpoint in {args.out} is kept", file=sys.stderr)
-        processes.print_result({"status": "error", "reason": reason})
-        return 1
+    except Exception as e:  # the framework failed
+        return _failed(settings, args.out, e)
     if replicas.primary:
         processes.print_result(result)
     return 0
