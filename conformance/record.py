@@ -55,7 +55,7 @@ class DeviceError(RuntimeError):
 
 
 def _epochs(loop_mod, spec, state: tuple, first: int, *, cases: Cases, data: TrainingData, device: str,
-            precision: str, compile: str) -> tuple[list, list, tuple, tuple | None]:
+            precision: str, compile: str) -> tuple[list, list, dict, tuple, tuple | None]:
     """Epochs `first`.. of the scheduled run through the backend's loop, as `nin train` runs them: each
     in a fresh trainer resumed from the last checkpoint (export_state -> load_state), train_epoch over
     the uint8 images in the driver's order, evaluate; with dropout on (replays_dropout), the masks its dropout
