@@ -160,7 +160,8 @@ def cmd_train(args) -> int:
               if args.json else f"nin train: {said}", file=sys.stdout if args.json else sys.stderr)
         return 0
     if failed(code, result) or not (out / runs.METRICS).exists():
-        if result.get("reason") and code not in (1, 2):  # the worker said those itself, in one line
+        said = code == 2 or (code == 1 and result.get("status") in ("error", "diverged"))  # by the worker, in one line
+        if result.get("reason") and not said:
             print(f"nin train: {s.backend} failed: {result['reason']}", file=sys.stderr)
         return code or 1
     _show_run(out, args.json)
